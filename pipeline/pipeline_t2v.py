@@ -1,0 +1,279 @@
+"""TextToVideoPipeline: prompt -> MiniLM -> flow-matching denoising with the transformer -> causal VAE.
+
+Laid out like diffusers' WanPipeline: `__call__` is a numbered recipe, `check_inputs` names the
+argument at fault, the scheduler (diffusers' FlowMatchEulerDiscreteScheduler) stays behind
+`set_timesteps` / `step`, and each step's latents go to `callback_on_step_end` for live previews.
+"""
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import presets
+from .text_encoder import MiniLMTextEncoder, load_tokenizer
+from .transformer import SpatioTemporalTransformer
+from .vae import CausalVideoVAE
+
+MAX_NUM_FRAMES = presets.num_frames(presets.MAX_DURATION, max(presets.FPS_CHOICES))
+OUTPUT_TYPES = ("np", "pil", "latent")
+PROMPT_CACHE_SIZE = 64  # encoded prompts kept; the studio re-runs the same prompt with new seeds
+
+
+@dataclass
+class TextToVideoPipelineOutput(BaseOutput):
+    r"""
+    frames: `np.ndarray` (B, T, H, W, 3) in [0, 1] for "np", a list of lists of PIL images for
+    "pil", or the latents (B, C, t, h, w) for "latent".
+    """
+
+    frames: np.ndarray | list[list[PIL.Image.Image]] | torch.Tensor
+
+
+class TextToVideoPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "noise_pred"]
+
+    def __init__(
+        self,
+        vae: CausalVideoVAE,
+        transformer: SpatioTemporalTransformer,
+        text_encoder: MiniLMTextEncoder,
+        tokenizer,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        default_num_inference_steps: int = 20,  # sampling defaults measured for these weights
+        default_guidance_scale: float = 5.0,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_guidance_scale=default_guidance_scale)
+        self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._interrupt = False
+
+    @classmethod
+    def from_components(cls, vae, transformer, scheduler=None, **config) -> "TextToVideoPipeline":
+        """A pipeline from a VAE and a transformer, with MiniLM from its package and a default scheduler."""
+        scheduler = scheduler or FlowMatchEulerDiscreteScheduler(shift=2.0)
+        return cls(vae=vae, transformer=transformer, text_encoder=MiniLMTextEncoder(), tokenizer=load_tokenizer(), scheduler=scheduler, **config)
+
+    # --- geometry ------------------------------------------------------------------------------
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Heights and widths must be multiples of this: VAE compression times patch size."""
+        patch = self.transformer.config.patch_size
+        return self.vae.spatial_compression_ratio * max(patch[1], patch[2])
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # --- text ----------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: list[str], device: torch.device | None = None):
+        """Token states (B, L, D), mask (B, L) and pooled vectors (B, D), cached per prompt."""
+        device = device or self._execution_device
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._prompt_cache]
+        if missing:
+            tokens = self.tokenizer(
+                missing, padding="max_length", max_length=self.text_encoder.config.max_length, truncation=True, return_tensors="pt"
+            )
+            states, pooled = self.text_encoder(tokens.input_ids.to(self.text_encoder.device), tokens.attention_mask.to(self.text_encoder.device))
+            for index, prompt in enumerate(missing):
+                self._prompt_cache[prompt] = (states[index].cpu(), tokens.attention_mask[index].cpu(), pooled[index].cpu())
+        for prompt in prompts:
+            self._prompt_cache.move_to_end(prompt)
+        while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+        states, mask, pooled = (torch.stack(parts).to(device) for parts in zip(*(self._prompt_cache[p] for p in prompts)))
+        return states, mask, pooled
+
+    # --- checks --------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_frames,
+        num_inference_steps,
+        guidance_scale,
+        generator,
+        latents,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) for p in prompt):
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, list) or not all(isinstance(p, str) for p in negatives):
+                raise ValueError(f"`negative_prompt` must be a string or a list of strings, got {negative_prompt!r}")
+            if len(negatives) not in (1, len(prompt)):
+                raise ValueError(f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompt)}; give one or as many")
+        multiple = self.pixel_multiple
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple != 0:
+                raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}")
+        if not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_NUM_FRAMES:
+            raise ValueError(f"`num_frames` must be a whole number from 1 to {MAX_NUM_FRAMES}, got {num_frames!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a whole number of at least 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1.0:
+            raise ValueError(f"`guidance_scale` must be a number of at least 1.0 (1.0 turns guidance off), got {guidance_scale!r}")
+        if isinstance(generator, list) and len(generator) != len(prompt):
+            raise ValueError(f"`generator` is a list of {len(generator)} generators but there are {len(prompt)} prompts")
+        if latents is not None:
+            expected = self._latent_shape(len(prompt), height, width, num_frames)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"`latents` must have shape {expected} for these sizes, got {tuple(latents.shape)}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
+
+    # --- latents -------------------------------------------------------------------------------
+
+    def _latent_shape(self, batch_size: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        scale = self.vae.spatial_compression_ratio
+        return (batch_size, self.vae.config.latent_channels, self.vae.num_latent_frames(num_frames), height // scale, width // scale)
+
+    def prepare_latents(self, batch_size, height, width, num_frames, generator, device, dtype, latents=None) -> torch.Tensor:
+        if latents is not None:
+            return latents.to(device=device, dtype=dtype)
+        shape = self._latent_shape(batch_size, height, width, num_frames)
+        # Noise is drawn on the CPU from the recipe's seed, so a seed means the same video on any device.
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device=device, dtype=dtype)
+
+    def iter_decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk_latent_frames: int = 2) -> Iterator[np.ndarray]:
+        """Decode diffusion-space latents a few latent frames at a time: yields float arrays
+        (B, t, H, W, 3) in [0, 1], cut so that `num_frames` frames come out in all."""
+        mean, std = self.vae.latent_stats(latents.device, self.vae.dtype)
+        z = latents.to(self.vae.dtype) * std + mean
+        remaining = num_frames if num_frames is not None else 1 + self.vae.temporal_compression_ratio * (z.shape[2] - 1)
+        with torch.no_grad():
+            for chunk in self.vae.iter_decode(z, chunk_latent_frames):
+                if remaining <= 0:
+                    break
+                chunk = chunk[:, :, :remaining]
+                remaining -= chunk.shape[2]
+                yield ((chunk.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, t, H, W, 3)
+
+    # --- the call ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int = 64,
+        width: int = 112,
+        num_frames: int = 30,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        frame_rate: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["TextToVideoPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Generate videos from text.
+
+        Args:
+            prompt: what the video shows; a list makes a batch.
+            negative_prompt: what to steer away from with classifier-free guidance (default "").
+            height, width: pixels, multiples of `self.pixel_multiple`.
+            num_frames: frames in the output; latents cover them and the decode is cut to length.
+            num_inference_steps, guidance_scale: default to the model folder's measured defaults.
+            frame_rate: frames per second the motion is timed for (default: the transformer's).
+            generator: one per prompt (a list) or one for the batch; seeds the noise on the CPU.
+            latents: initial noise of shape (B, C, t, h, w) instead of drawing it.
+            output_type: "np", "pil" or "latent".
+            callback_on_step_end: called as `callback(pipe, step, timestep, tensors)` after each step
+                with the tensors named in `callback_on_step_end_tensor_inputs`; may return new latents.
+        """
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else self.config.default_num_inference_steps
+        guidance_scale = guidance_scale if guidance_scale is not None else self.config.default_guidance_scale
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
+            generator, latents, output_type, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        self._interrupt = False
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch_size = len(prompts)
+        device = self._execution_device
+        do_guidance = guidance_scale > 1.0
+
+        # 2. Encode the prompt (and the negative prompt for classifier-free guidance)
+        text, text_mask, pooled = self.encode_prompt(prompts, device)
+        if do_guidance:
+            negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
+            if len(negatives) == 1:
+                negatives = negatives * batch_size
+            neg_text, neg_mask, neg_pooled = self.encode_prompt(negatives, device)
+            text, text_mask, pooled = torch.cat([neg_text, text]), torch.cat([neg_mask, text_mask]), torch.cat([neg_pooled, pooled])
+
+        # 3. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Noise latents
+        dtype = self.transformer.dtype
+        latents = self.prepare_latents(batch_size, height, width, num_frames, generator, device, torch.float32, latents)
+        frame_rate = frame_rate if frame_rate is not None else self.transformer.config.default_frame_rate
+
+        # 5. Denoising loop
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for step, t in enumerate(timesteps):
+                if self.interrupt:
+                    break  # Stop: keep the latents of the last finished step
+                model_input = torch.cat([latents, latents]) if do_guidance else latents
+                noise_pred = self.transformer(
+                    hidden_states=model_input.to(dtype),
+                    timestep=t.expand(model_input.shape[0]),
+                    encoder_hidden_states=text,
+                    pooled_text=pooled,
+                    encoder_attention_mask=text_mask,
+                    frame_rate=frame_rate,
+                    return_dict=False,
+                )[0].float()
+                if do_guidance:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    local_tensors = {"latents": latents, "noise_pred": noise_pred}
+                    callback_kwargs = {name: local_tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, step, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 6. Decode
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = np.concatenate(list(self.iter_decode(latents, num_frames)), axis=1)  # (B, T, H, W, 3)
+            if output_type == "pil":
+                frames = [[PIL.Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video] for video in frames]
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return TextToVideoPipelineOutput(frames=frames)
