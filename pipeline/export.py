@@ -71,7 +71,8 @@ def _to_uint8(frames) -> np.ndarray:
         raise ValueError(f"frames must be uint8 or float in [0, 1]; got dtype {frames.dtype}")
     if not np.isfinite(frames).all():
         raise ValueError("frames contain NaN or infinity; the model produced invalid pixels")
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    # The pipe takes raw bytes in (T, H, W, 3) order, whatever the layout of the array given.
+    return np.ascontiguousarray(np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8))
 
 
 def _not_ours(path: Path, reason: str) -> ValueError:

@@ -79,14 +79,15 @@ class TextToVideoPipeline(DiffusionPipeline):
     def encode_prompt(self, prompts: list[str], device: torch.device | None = None):
         """Token states (B, L, D), mask (B, L) and pooled vectors (B, D), cached per prompt."""
         device = device or self._execution_device
-        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._prompt_cache]
-        if missing:
+        for prompt in dict.fromkeys(prompts):
+            if prompt in self._prompt_cache:
+                continue
+            # One prompt at a time: an encoding must not depend on which prompts shared its batch.
             tokens = self.tokenizer(
-                missing, padding="max_length", max_length=self.text_encoder.config.max_length, truncation=True, return_tensors="pt"
+                [prompt], padding="max_length", max_length=self.text_encoder.config.max_length, truncation=True, return_tensors="pt"
             )
             states, pooled = self.text_encoder(tokens.input_ids.to(self.text_encoder.device), tokens.attention_mask.to(self.text_encoder.device))
-            for index, prompt in enumerate(missing):
-                self._prompt_cache[prompt] = (states[index].cpu(), tokens.attention_mask[index].cpu(), pooled[index].cpu())
+            self._prompt_cache[prompt] = (states[0].cpu(), tokens.attention_mask[0].cpu(), pooled[0].cpu())
         for prompt in prompts:
             self._prompt_cache.move_to_end(prompt)
         while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
@@ -162,13 +163,42 @@ class TextToVideoPipeline(DiffusionPipeline):
         mean, std = self.vae.latent_stats(latents.device, self.vae.dtype)
         z = latents.to(self.vae.dtype) * std + mean
         remaining = num_frames if num_frames is not None else 1 + self.vae.temporal_compression_ratio * (z.shape[2] - 1)
+        # Each video decodes on its own so that it comes out bit-identical whatever batch it was in.
+        streams = [self.vae.iter_decode(z[i : i + 1], chunk_latent_frames) for i in range(z.shape[0])]
         with torch.no_grad():
-            for chunk in self.vae.iter_decode(z, chunk_latent_frames):
+            for chunks in zip(*streams):
                 if remaining <= 0:
                     break
-                chunk = chunk[:, :, :remaining]
+                chunk = torch.cat(chunks)[:, :, :remaining]  # (B, C, t, H, W)
                 remaining -= chunk.shape[2]
                 yield ((chunk.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, t, H, W, 3)
+
+    def _predict_velocity(self, latents, t, index, conditioning, do_guidance, guidance_scale, frame_rate) -> torch.Tensor:
+        """The guided velocity of one video of the batch.
+
+        Videos go through the transformer one at a time (with their guidance pair): CPU kernels
+        round differently for different batch sizes, and a seed must give the same video alone or
+        in a seed-comparison batch. On a CPU this costs nothing; batching buys little there.
+        """
+        text, text_mask, pooled = (part[index : index + 1] for part in conditioning[:3])
+        model_input = latents
+        if do_guidance:
+            neg_text, neg_mask, neg_pooled = (part[index : index + 1] for part in conditioning[3:])
+            model_input = torch.cat([latents, latents])
+            text, text_mask, pooled = torch.cat([neg_text, text]), torch.cat([neg_mask, text_mask]), torch.cat([neg_pooled, pooled])
+        velocity = self.transformer(
+            hidden_states=model_input.to(self.transformer.dtype),
+            timestep=t.expand(model_input.shape[0]),
+            encoder_hidden_states=text,
+            pooled_text=pooled,
+            encoder_attention_mask=text_mask,
+            frame_rate=frame_rate,
+            return_dict=False,
+        )[0].float()
+        if do_guidance:
+            velocity_uncond, velocity_text = velocity.chunk(2)
+            velocity = velocity_uncond + guidance_scale * (velocity_text - velocity_uncond)
+        return velocity
 
     # --- the call ------------------------------------------------------------------------------
 
@@ -227,14 +257,15 @@ class TextToVideoPipeline(DiffusionPipeline):
             if len(negatives) == 1:
                 negatives = negatives * batch_size
             neg_text, neg_mask, neg_pooled = self.encode_prompt(negatives, device)
-            text, text_mask, pooled = torch.cat([neg_text, text]), torch.cat([neg_mask, text_mask]), torch.cat([neg_pooled, pooled])
+            conditioning = (text, text_mask, pooled, neg_text, neg_mask, neg_pooled)
+        else:
+            conditioning = (text, text_mask, pooled)
 
         # 3. Timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
 
         # 4. Noise latents
-        dtype = self.transformer.dtype
         latents = self.prepare_latents(batch_size, height, width, num_frames, generator, device, torch.float32, latents)
         frame_rate = frame_rate if frame_rate is not None else self.transformer.config.default_frame_rate
 
@@ -243,19 +274,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             for step, t in enumerate(timesteps):
                 if self.interrupt:
                     break  # Stop: keep the latents of the last finished step
-                model_input = torch.cat([latents, latents]) if do_guidance else latents
-                noise_pred = self.transformer(
-                    hidden_states=model_input.to(dtype),
-                    timestep=t.expand(model_input.shape[0]),
-                    encoder_hidden_states=text,
-                    pooled_text=pooled,
-                    encoder_attention_mask=text_mask,
-                    frame_rate=frame_rate,
-                    return_dict=False,
-                )[0].float()
-                if do_guidance:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], t, i, conditioning, do_guidance, guidance_scale, frame_rate) for i in range(batch_size)])
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:

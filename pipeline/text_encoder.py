@@ -64,6 +64,7 @@ class MiniLMTextEncoder(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs):
         config = cls.load_config(pretrained_model_name_or_path) if pretrained_model_name_or_path else {}
         model = cls.from_config(config)
-        if kwargs.get("torch_dtype") is not None:
-            model = model.to(kwargs["torch_dtype"])
+        dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+        if dtype is not None and dtype != model.dtype:
+            model = model.to(dtype)
         return model
