@@ -242,7 +242,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         in_channels: int = 3,
         latent_channels: int = 16,
         patch_size: int = 2,  # pixel-unshuffle factor in front of the encoder
-        block_out_channels: tuple[int, ...] = (64, 128, 128),
+        block_out_channels: tuple[int, ...] = (32, 64, 128),  # narrow where pixels are many: CPU time goes there
         layers_per_block: int = 2,
         down_spatial: tuple[bool, ...] = (True, True, False),  # halve H and W after each level
         down_temporal: tuple[bool, ...] = (True, True, False),  # halve T after each level
@@ -289,6 +289,10 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         )
 
     def enable_tiling(self, tile_latent_size: int | None = None, tile_latent_overlap: int | None = None):
+        tile = tile_latent_size if tile_latent_size is not None else self.config.tile_latent_size
+        overlap = tile_latent_overlap if tile_latent_overlap is not None else self.config.tile_latent_overlap
+        if not 0 <= overlap < tile:
+            raise ValueError(f"tile_latent_overlap must be from 0 to tile_latent_size - 1 ({tile - 1}), got {overlap}")
         self.use_tiling = True
         if tile_latent_size is not None:
             self.register_to_config(tile_latent_size=tile_latent_size)
@@ -391,7 +395,7 @@ def _blend_weight(shape, ramp: int, ramp_top: bool, ramp_left: bool, ramp_bottom
         if ramp_start:
             weight[:ramp] = torch.minimum(weight[:ramp], steps)
         if ramp_end:
-            weight[-ramp:] = torch.minimum(weight[-ramp:], steps.flip(0))
+            weight[size - ramp :] = torch.minimum(weight[size - ramp :], steps.flip(0))  # not [-ramp:]: ramp may be 0
         return weight
 
     return (axis(height, ramp_top, ramp_bottom)[:, None] * axis(width, ramp_left, ramp_right)[None, :]).view(1, 1, 1, height, width)

@@ -1,0 +1,333 @@
+"""Train the causal video VAE (pipeline/vae.py) on clips of the procedural world.
+
+    python -m training.train_vae --run-dir runs/vae --minutes 90           # train (resumes if runs/vae has a checkpoint)
+    python -m training.train_vae --run-dir runs/vae --export assets/model  # EMA weights -> assets/model/vae (fp16)
+
+One script for one CPU, one GPU or many (accelerate). What it does, top to bottom:
+
+1. Clips come from a rolling buffer of rendered world clips of every aspect bucket: a few new clips
+   replace the oldest at every step, so rendering costs little and the data never repeats for long.
+2. Training samples are random crops of 1 + 4k frames, most of them centred near an object: the
+   objects are a few percent of the pixels, and a crop of sky teaches nothing about stars.
+3. The loss keeps small objects and exact colours: L1 + MSE with a heavy weight on (dilated) object
+   pixels, plus an L1 loss on spatial gradients so edges and corners stay sharp, plus a small KL.
+4. An EMA of the weights is what gets evaluated and exported.
+5. Every few minutes: a checkpoint (model, EMA, optimizer, step, args), a log line, a contact sheet
+   of reconstructions, and the reconstruction PSNR on held-out clips (whole frame and object pixels).
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from PIL import Image
+
+from pipeline import presets
+from pipeline.vae import CausalVideoVAE
+from training.world import render, sample_scene
+
+EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; training seeds stay below
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+
+def render_world_clip(seed: int, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast"):
+    """(frames uint8 (T, H, W, 3), object mask bool (T, H, W)) of one world clip."""
+    height, width = presets.resolution(aspect, quality)
+    scene = sample_scene(np.random.default_rng(seed))
+    clip = render(scene, height, width, num_frames, fps)
+    return clip.frames, clip.object_masks
+
+
+def to_model_space(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) -> float (..., 3, T, H, W) in [-1, 1]."""
+    x = torch.from_numpy(frames).float().div(127.5).sub(1)
+    return x.movedim(-1, -4)
+
+
+class ClipBuffer:
+    """A rolling buffer of rendered clips from which random crops are cut."""
+
+    def __init__(self, size: int, clip_frames: int, fps_choices, rng: np.random.Generator):
+        self.rng = rng
+        self.clip_frames = clip_frames
+        self.fps_choices = fps_choices
+        self.clips = [self._new_clip() for _ in range(size)]
+        self.next_slot = 0
+
+    def _new_clip(self):
+        aspect = self.rng.choice(list(presets.ASPECT_RATIOS))
+        fps = int(self.rng.choice(self.fps_choices))
+        return render_world_clip(int(self.rng.integers(EVAL_SEED_OFFSET)), aspect, self.clip_frames, fps)
+
+    def refresh(self, count: int):
+        for _ in range(count):
+            self.clips[self.next_slot] = self._new_clip()
+            self.next_slot = (self.next_slot + 1) % len(self.clips)
+
+    def sample_batch(self, batch_size: int, crop_frames: int, crop_size: int, object_centred: float):
+        """(video (B, 3, T, S, S) in [-1, 1], object mask (B, 1, T, S, S))."""
+        videos, masks = [], []
+        for _ in range(batch_size):
+            frames, mask = self.clips[self.rng.integers(len(self.clips))]
+            t0 = self.rng.integers(frames.shape[0] - crop_frames + 1)
+            frames, mask = frames[t0 : t0 + crop_frames], mask[t0 : t0 + crop_frames]
+            height, width = frames.shape[1:3]
+            size_y, size_x = min(crop_size, height), min(crop_size, width)
+            object_pixels = np.argwhere(mask[0])
+            if len(object_pixels) and self.rng.random() < object_centred:
+                cy, cx = object_pixels[self.rng.integers(len(object_pixels))]
+                cy += self.rng.integers(-size_y // 4, size_y // 4 + 1)
+                cx += self.rng.integers(-size_x // 4, size_x // 4 + 1)
+            else:
+                cy, cx = self.rng.integers(height), self.rng.integers(width)
+            y0 = int(np.clip(cy - size_y // 2, 0, height - size_y))
+            x0 = int(np.clip(cx - size_x // 2, 0, width - size_x))
+            videos.append(frames[:, y0 : y0 + size_y, x0 : x0 + size_x])
+            masks.append(mask[:, y0 : y0 + size_y, x0 : x0 + size_x])
+        video = to_model_space(np.stack(videos))  # (B, 3, T, S, S)
+        mask = torch.from_numpy(np.stack(masks))[:, None].float()  # (B, 1, T, S, S)
+        return video, mask
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss and metrics
+# ------------------------------------------------------------------------------------------------
+
+
+def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grow a (B, 1, T, H, W) mask by `pixels` in space, so object edges count as object."""
+    kernel = 2 * pixels + 1
+    return F.max_pool3d(mask, (1, kernel, kernel), stride=1, padding=(0, pixels, pixels))
+
+
+def spatial_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def reconstruction_loss(reconstruction, target, object_mask, posterior, args) -> tuple[torch.Tensor, dict]:
+    weight = 1.0 + args.object_weight * dilate(object_mask, 1)  # (B, 1, T, H, W)
+    error = reconstruction - target
+    pixel = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+    (gy_rec, gx_rec), (gy_tgt, gx_tgt) = spatial_gradients(reconstruction), spatial_gradients(target)
+    edge = ((gy_rec - gy_tgt).abs() * weight[..., 1:, :]).mean() + ((gx_rec - gx_tgt).abs() * weight[..., :, 1:]).mean()
+    kl = posterior.kl().mean() / reconstruction[0].numel()  # per pixel value, so the weight is size-free
+    loss = pixel + args.edge_weight * edge + args.kl_weight * kl
+    return loss, {"pixel": pixel.item(), "edge": edge.item(), "kl": kl.item()}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of videos in [-1, 1] (computed on the [0, 1] scale), optionally on masked pixels only."""
+    squared = ((a - b) / 2).pow(2)
+    if mask is not None:
+        mask = mask.expand_as(squared)
+        mse = (squared * mask).sum() / mask.sum().clamp(min=1)
+    else:
+        mse = squared.mean()
+    return float(10 * torch.log10(1 / mse.clamp(min=1e-10)))
+
+
+@torch.no_grad()
+def reconstruction_metrics(vae: CausalVideoVAE, num_clips: int = 16, num_frames: int = 17, seed_offset: int = EVAL_SEED_OFFSET):
+    """PSNR of whole held-out world clips (every aspect bucket) and of their object pixels (edges included)."""
+    aspects = list(presets.ASPECT_RATIOS)
+    whole, objects = [], []
+    for index in range(num_clips):
+        frames, mask = render_world_clip(seed_offset + index, aspects[index % len(aspects)], num_frames)
+        video = to_model_space(frames)[None].to(vae.device, vae.dtype)
+        reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.float().cpu()
+        object_mask = dilate(torch.from_numpy(mask)[None, None].float(), 1)
+        whole.append(psnr(reconstruction, video.float().cpu()))
+        objects.append(psnr(reconstruction, video.float().cpu(), object_mask))
+    return {"psnr": float(np.mean(whole)), "psnr_objects": float(np.mean(objects))}
+
+
+@torch.no_grad()
+def latent_statistics(vae: CausalVideoVAE, num_clips: int = 48, num_frames: int = 17) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means over world clips (for latent normalisation)."""
+    aspects = list(presets.ASPECT_RATIOS)
+    latents = []
+    for index in range(num_clips):
+        frames, _ = render_world_clip(2 * EVAL_SEED_OFFSET + index, aspects[index % len(aspects)], num_frames)
+        video = to_model_space(frames)[None].to(vae.device, vae.dtype)
+        z = vae.encode(video).latent_dist.mode().float()  # (1, C, t, h, w)
+        latents.append(z.movedim(1, -1).reshape(-1, z.shape[1]))
+    z = torch.cat(latents)  # (N, C)
+    return z.mean(0).tolist(), z.std(0).clamp(min=1e-3).tolist()
+
+
+def contact_sheet(vae: CausalVideoVAE, path: Path, num_clips: int = 4, num_frames: int = 9):
+    """A PNG: for a few held-out clips, every other frame, the original above its reconstruction."""
+    rows = []
+    for index, aspect in enumerate(["16:9", "1:1", "9:16", "21:9"][:num_clips]):
+        frames, _ = render_world_clip(EVAL_SEED_OFFSET + 100 + index, aspect, num_frames)
+        video = to_model_space(frames)[None].to(vae.device, vae.dtype)
+        with torch.no_grad():
+            reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.float().cpu()[0]
+        recon_frames = ((reconstruction.movedim(0, -1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        for source in (frames, recon_frames):
+            row = np.concatenate([np.pad(f, ((2, 2), (2, 2), (0, 0))) for f in source[::2]], axis=1)
+            rows.append(row)
+    width = max(row.shape[1] for row in rows)
+    sheet = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows], axis=0)
+    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and export
+# ------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, best: dict):
+    temp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args), "best": best, "config": dict(model.config)}, temp)
+    os.replace(temp, path)  # a checkpoint is whole or absent, even if the run is killed mid-write
+
+
+def export_vae(run_dir: Path, model_dir: Path):
+    """Write the run's EMA weights, with measured latent statistics, to model_dir/vae in fp16."""
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    config = {k: v for k, v in checkpoint["config"].items() if not k.startswith("_")}
+    vae = CausalVideoVAE.from_config(config)
+    vae.load_state_dict(checkpoint["ema"])
+    vae.eval()
+    mean, std = latent_statistics(vae)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    metrics = reconstruction_metrics(vae)
+    vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
+    print(json.dumps({"exported": str(model_dir / "vae"), "step": checkpoint["step"], **metrics}))
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace):
+    run_dir = Path(args.run_dir)
+    if args.export:
+        export_vae(run_dir, Path(args.export))
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the calibration runs
+
+    # 1. Model, EMA, optimizer; resume if the run folder has a checkpoint.
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.exists() else None
+    if checkpoint is not None:
+        model = CausalVideoVAE.from_config({k: v for k, v in checkpoint["config"].items() if not k.startswith("_")})
+    else:
+        torch.manual_seed(args.seed)
+        model = CausalVideoVAE(block_out_channels=tuple(args.channels), layers_per_block=args.layers_per_block, latent_channels=args.latent_channels)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    step, best = 0, {}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step, best = checkpoint["step"], checkpoint.get("best", {})
+        accelerator.print(f"resumed from step {step}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    accelerator.print(f"VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {accelerator.device}")
+
+    # 2. Data: a rolling buffer of clips (seeded by the step so a resumed run sees new clips).
+    rng = np.random.default_rng(args.seed + step)
+    buffer = ClipBuffer(args.buffer_clips, args.clip_frames, presets.FPS_CHOICES, rng)
+
+    # 3. Train for the time budget.
+    log = open(run_dir / "log.jsonl", "a")
+    started = last_save = time.time()
+    window = []
+    while time.time() - started < args.minutes * 60 and (args.max_steps is None or step < args.max_steps):
+        buffer.refresh(args.refresh_per_step)
+        video, mask = buffer.sample_batch(args.batch_size, args.crop_frames, args.crop_size, args.object_centred)
+        video, mask = video.to(accelerator.device), mask.to(accelerator.device)
+        # Cosine decay after a short warm-up, over the whole planned run.
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.decay_steps))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with accelerator.autocast():
+            reconstruction, posterior = model(video)
+            loss, parts = reconstruction_loss(reconstruction.float(), video, mask, posterior, args)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(args.ema_decay, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
+        step += 1
+        window.append({"loss": loss.item(), **parts})
+
+        if step % args.log_every == 0:
+            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            window = []
+            record = {"step": step, "minutes": round((time.time() - started) / 60, 2), "lr": lr, **mean}
+            accelerator.print(json.dumps(record))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+        if time.time() - last_save > args.save_minutes * 60:
+            last_save = time.time()
+            ema.eval()
+            metrics = reconstruction_metrics(ema, num_clips=args.eval_clips)
+            contact_sheet(ema, run_dir / "contact_sheet.png")
+            record = {"step": step, "eval": metrics}
+            accelerator.print(json.dumps(record))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best)
+
+    save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best)
+    metrics = reconstruction_metrics(ema, num_clips=args.eval_clips)
+    contact_sheet(ema, run_dir / "contact_sheet.png")
+    accelerator.print(json.dumps({"step": step, "final_eval": metrics}))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/vae", help="checkpoints, logs and contact sheets (git-ignored)")
+    parser.add_argument("--export", default=None, help="write the run's EMA VAE into this model folder and stop")
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--decay-steps", type=int, default=20000, help="steps over which the learning rate decays")
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="block_out_channels of a new model")
+    parser.add_argument("--layers-per-block", type=int, default=2)
+    parser.add_argument("--latent-channels", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--crop-frames", type=int, default=9, help="1 + 4k frames per training crop")
+    parser.add_argument("--crop-size", type=int, default=32, help="pixels; crops are square")
+    parser.add_argument("--object-centred", type=float, default=0.8, help="share of crops centred near an object")
+    parser.add_argument("--clip-frames", type=int, default=17)
+    parser.add_argument("--buffer-clips", type=int, default=256)
+    parser.add_argument("--refresh-per-step", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--object-weight", type=float, default=8.0, help="extra loss weight on (dilated) object pixels")
+    parser.add_argument("--edge-weight", type=float, default=1.0, help="weight of the spatial-gradient L1 loss")
+    parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16")
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--save-minutes", type=float, default=5.0)
+    parser.add_argument("--eval-clips", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
