@@ -106,11 +106,57 @@ def build_studio_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_auth(value: str) -> list[tuple[str, str]]:
+    """--auth: "USER:PASS", or a file with one USER:PASS per line (blank lines and # comments skipped)."""
+    path = Path(value)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else [value]
+    pairs = []
+    for line in lines:
+        line = line.strip()
+        if not line or (path.is_file() and line.startswith("#")):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            where = f"a line of {value}" if path.is_file() else "--auth"
+            raise ValueError(f"{where} must be USER:PASS (or --auth a file of such lines); got {line[:40]!r}")
+        pairs.append((user, password))
+    if not pairs:
+        raise ValueError(f"the auth file {value} holds no USER:PASS line")
+    return pairs
+
+
 def run_studio(argv: list[str]) -> int:
     args = build_studio_parser().parse_args(argv)
-    from ui.main import launch_studio
+    if args.max_queue < 1 or args.keep_hours <= 0:
+        print("app.py: error: --max-queue must be at least 1 and --keep-hours above 0", file=sys.stderr)
+        return 2
+    try:
+        auth = read_auth(args.auth) if args.auth else None
+    except (OSError, ValueError) as error:
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 2
 
-    return launch_studio(args)
+    # Heavy imports only now: a bad flag above answers at once.
+    from pipeline.generate import load_pipeline
+    from ui.layout import build_demo, launch_options
+    from ui.runs import StudioSettings, clean_old_runs
+
+    settings = StudioSettings(output_dir=Path(args.output_dir).resolve(), keep_hours=args.keep_hours)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    clean_old_runs(settings.output_dir, settings.keep_hours)
+    try:
+        pipe = load_pipeline(args.model)
+    except ValueError as error:
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 2
+    demo = build_demo(pipe, settings)
+    # One run on the model at a time; at most --max-queue more wait, the next are told the studio is busy.
+    demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        auth_message="Ling Studio: sign in to generate videos." if auth else None, **launch_options(settings),
+    )  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

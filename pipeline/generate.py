@@ -54,6 +54,7 @@ def generate_videos(
     recipes: list[Recipe],
     output_paths: list[str | Path],
     callback_on_step_end: Callable | None = None,
+    callback_on_step_end_tensor_inputs: list[str] | None = None,
 ) -> list[GenerationResult]:
     """Generate one MP4 (+ .json recipe) per recipe, as one batch.
 
@@ -83,6 +84,7 @@ def generate_videos(
         generator=generators,
         output_type="latent",
         callback_on_step_end=callback_on_step_end,
+        callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
     ).frames
 
     stopped = pipe.interrupt
