@@ -135,8 +135,12 @@ def run_studio(argv: list[str]) -> int:
     except (OSError, ValueError) as error:
         print(f"app.py: error: {error}", file=sys.stderr)
         return 2
+    if not (Path(args.model) / "model_index.json").is_file():  # load_pipeline says the same, after seconds of imports
+        print(f"app.py: error: model folder {args.model!r} has no model_index.json; give a folder written by save_pretrained", file=sys.stderr)
+        return 2
 
     # Heavy imports only now: a bad flag above answers at once.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a self-hosted studio phones nobody
     from pipeline.generate import load_pipeline
     from ui.layout import build_demo, launch_options
     from ui.runs import StudioSettings, clean_old_runs
@@ -144,11 +148,7 @@ def run_studio(argv: list[str]) -> int:
     settings = StudioSettings(output_dir=Path(args.output_dir).resolve(), keep_hours=args.keep_hours)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     clean_old_runs(settings.output_dir, settings.keep_hours)
-    try:
-        pipe = load_pipeline(args.model)
-    except ValueError as error:
-        print(f"app.py: error: {error}", file=sys.stderr)
-        return 2
+    pipe = load_pipeline(args.model)
     demo = build_demo(pipe, settings)
     # One run on the model at a time; at most --max-queue more wait, the next are told the studio is busy.
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.export import read_recipe, read_video
 from pipeline.recipe import MAX_PROMPT_CHARS, MAX_SEED, Recipe
-from ui.handlers import CONTROL_FIELDS, RunSlot, Studio, gallery_items, parse_seed, parse_seeds, recipe_controls
+from ui.handlers import CONTROL_FIELDS, RunSlot, Studio, gallery_items, parse_seed, parse_seeds, recipe_controls, recipe_text
 from ui.runs import RUN_NAME, StudioSettings, clean_old_runs
 
 # Small and quick: 1 second at 8 fps is 8 frames (3 latent frames) of 64x64 on the tiny model.
@@ -122,12 +122,12 @@ def test_seed_lock_dice_and_buttons(studio):
 
 
 def test_generate_writes_the_video_and_recipe_in_a_folder_of_its_own(studio):
-    video, recipe = studio.generate(*controls(), RunSlot())
-    video = Path(video)
+    video, text = studio.generate(*controls(), RunSlot())
+    video, recipe = Path(video), Recipe.from_json(text)
     assert video.name == "ling-7.mp4" and video.parent.parent == studio.settings.output_dir
     assert RUN_NAME.match(video.parent.name)
     assert sorted(p.name for p in video.parent.iterdir()) == ["ling-7.json", "ling-7.mp4"]
-    assert recipe == read_recipe(video).to_dict() == read_recipe(video.with_suffix(".json")).to_dict()
+    assert recipe.seed == 7 and recipe == read_recipe(video) == read_recipe(video.with_suffix(".json"))
     frames, fps = read_video(video)
     assert frames.shape == (8, 64, 64, 3) and fps == 8
     # The same seed again: a second folder, nothing overwritten.
@@ -136,8 +136,8 @@ def test_generate_writes_the_video_and_recipe_in_a_folder_of_its_own(studio):
 
 
 def test_an_empty_seed_in_the_api_draws_one(studio):
-    _, recipe = studio.generate(*controls(seed=""), RunSlot())
-    assert 0 <= recipe["seed"] <= MAX_SEED
+    _, text = studio.generate(*controls(seed=""), RunSlot())
+    assert 0 <= Recipe.from_json(text).seed <= MAX_SEED
 
 
 def test_create_streams_previews_and_progress_then_the_result(studio):
@@ -150,9 +150,9 @@ def test_create_streams_previews_and_progress_then_the_result(studio):
         assert all(value == gr.skip() for value in rest)
     preview, progress, video, info, recipe, download, history, gallery = final
     assert "Done" in progress
-    assert Path(video).is_file() and "Seed 7" in info and recipe["seed"] == 7
+    assert Path(video).is_file() and "Seed 7" in info and Recipe.from_json(recipe).seed == 7
     assert download.interactive and download.value["orig_name"] == "ling-7.mp4"
-    assert history == [{"video": video, "recipe": recipe}] and gallery == gallery_items(history)
+    assert history == [{"video": video, "recipe": Recipe.from_json(recipe).to_dict()}] and gallery == gallery_items(history)
     # The next run goes on top of the history.
     *_, (_, _, video2, _, _, _, history2, _) = drain(studio.create(*controls(seed="8"), RunSlot(), history))
     assert [entry["video"] for entry in history2] == [video2, video]
@@ -239,9 +239,11 @@ def _every_field_changed(studio) -> Recipe:
 
 def test_reuse_recipe_restores_every_control(studio):
     recipe = _every_field_changed(studio)
-    *values, lock, tabs = studio.apply_recipe(recipe.to_dict())
+    *values, lock, tabs = studio.apply_recipe(recipe_text(recipe))  # what the page's recipe box holds
     assert values == list(recipe_controls(recipe)) and lock is True and tabs.selected == "create"
+    assert values[CONTROL_FIELDS.index("seed")] == str(2**62 + 3)  # text: a browser would round a number
     assert studio.build_recipe(*values) == recipe  # the controls make the very same recipe again
+    assert studio.apply_recipe(recipe.to_dict())[:-1] == studio.apply_recipe(recipe_text(recipe))[:-1]
     with pytest.raises(gr.Error, match="no recipe yet"):
         studio.apply_recipe(None)
 
@@ -252,7 +254,7 @@ def test_load_recipe_from_a_video_or_its_json_restores_every_control(studio):
         loaded = studio.load_recipe(str(path))
         assert loaded == recipe
         *values, lock, _ = studio.apply_recipe(loaded)
-        assert studio.build_recipe(*values).to_dict() == recipe and lock is True
+        assert recipe_text(studio.build_recipe(*values)) == recipe and lock is True
 
 
 def test_load_recipe_answers_a_foreign_file_in_words(studio, tmp_path):
@@ -282,7 +284,7 @@ def test_a_recipe_from_another_model_is_restored_with_a_warning(studio):
 def test_compare_two_seeds_gives_each_seeds_own_video(studio):
     fields = [FAST[name] if name != "seed" else "11, 12" for name in CONTROL_FIELDS]
     videos, recipes = studio.compare(*fields, RunSlot())
-    assert [r["seed"] for r in recipes] == [11, 12]
+    assert [Recipe.from_json(r).seed for r in recipes] == [11, 12]
     assert len({Path(v).parent for v in videos}) == 1  # one run, one folder
     batch = [read_video(v)[0] for v in videos]
     assert not np.array_equal(batch[0], batch[1])

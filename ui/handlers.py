@@ -14,6 +14,7 @@ feeding a stream of previews; buttons that follow the run's state), without its 
 """
 
 import dataclasses
+import json
 import logging
 import queue
 import re
@@ -95,6 +96,17 @@ def _whole(value: Any) -> Any:
 
 def _number(value: Any) -> Any:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """A recipe as the page and the API show it: JSON text. Text, not a JSON value, because a
+    browser reads JSON numbers as 64-bit floats and would round a 63-bit seed."""
+    return json.dumps(recipe.to_dict(), indent=2, ensure_ascii=False)
+
+
+def parse_recipe(value: str | dict) -> Recipe:
+    """A recipe from JSON text or a dict; ValueError if it is not one."""
+    return Recipe.from_dict(value) if isinstance(value, dict) else Recipe.from_json(value)
 
 
 def recipe_controls(recipe: Recipe) -> tuple:
@@ -317,7 +329,7 @@ class Studio:
         yield (update.previews[0], done, *self._show_result(result.video_path, recipe), history, gallery_items(history))
 
     def generate(self, prompt, negative_prompt, aspect, duration, quality, seed, steps, guidance, fps, slot: RunSlot):
-        """API: one video. An empty seed draws a random one. Returns (mp4 path, recipe dict)."""
+        """API: one video. An empty seed draws a random one. Returns (mp4 path, recipe JSON text)."""
         if str(seed if seed is not None else "").strip() == "":
             seed = random_seed()
         try:
@@ -325,7 +337,7 @@ class Studio:
         except ValueError as error:
             raise gr.Error(str(error)) from None
         result = self._run_to_end([recipe], slot)[0]
-        return str(result.video_path), recipe.to_dict()
+        return str(result.video_path), recipe_text(recipe)
 
     def _show_result(self, video_path: Path | str, recipe: Recipe) -> tuple:
         """(video, info, recipe JSON, download button) for one finished video."""
@@ -333,20 +345,21 @@ class Studio:
             f"**Seed {recipe.seed}** · {recipe.width}×{recipe.height} px · {recipe.num_frames} frames at {recipe.fps} fps · "
             f"{recipe.steps} steps · guidance {recipe.guidance:g}"
         )
-        download = gr.DownloadButton(label=f"Download {Path(video_path).name}", value=str(video_path), interactive=True)
-        return str(video_path), info, recipe.to_dict(), download
+        download = gr.DownloadButton(label="Download MP4", value=str(video_path), interactive=True)
+        return str(video_path), info, recipe_text(recipe), download
 
     def show_history_item(self, history: list, evt: gr.SelectData):
         """A history thumbnail clicked: show that video and its recipe as the result."""
         entry = history[evt.index]
         return self._show_result(entry["video"], Recipe.from_dict(entry["recipe"]))
 
-    def apply_recipe(self, recipe: dict | None):
-        """Put every setting of a recipe back in the Create controls (and lock its seed), and show Create."""
+    def apply_recipe(self, recipe: str | dict | None):
+        """Put every setting of a recipe (JSON text or dict) back in the Create controls, seed
+        locked, and show Create."""
         if not recipe:
             raise gr.Error("There is no recipe yet: generate a video or load one first.")
         try:
-            loaded = Recipe.from_dict(recipe)
+            loaded = parse_recipe(recipe)
         except ValueError as error:
             raise gr.Error(str(error)) from None
         if loaded.model != self.model:
@@ -355,12 +368,12 @@ class Studio:
 
     # --- Load recipe tab -----------------------------------------------------------------------
 
-    def load_recipe(self, file: str | None) -> dict:
-        """API and Load tab: the recipe of a studio MP4 or .json, as a dict."""
+    def load_recipe(self, file: str | None) -> str:
+        """API and Load tab: the recipe of a studio MP4 or .json, as JSON text."""
         if not file:
             raise gr.Error("Drop an MP4 made by Ling Studio, or its .json recipe.")
         try:
-            return read_recipe(file).to_dict()
+            return recipe_text(read_recipe(file))
         except ValueError as error:
             raise gr.Error(str(error), title="Not a Ling Studio recipe") from None
 
@@ -412,10 +425,10 @@ class Studio:
         )  # fmt: skip
 
     def compare(self, prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps, slot: RunSlot):
-        """API: 2 to 4 seeds as one batch. Returns (mp4 paths, recipe dicts), in the seeds' order."""
+        """API: 2 to 4 seeds as one batch. Returns (mp4 paths, recipe JSON texts), in the seeds' order."""
         recipes = self.compare_recipes(prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps)
         results = self._run_to_end(recipes, slot)
-        return [str(r.video_path) for r in results], [r.recipe.to_dict() for r in results]
+        return [str(r.video_path) for r in results], [recipe_text(r.recipe) for r in results]
 
     def use_seed(self, index: int, compared: list | None):
         """"Use this seed" under a compared video: its whole recipe back to Create, seed locked."""

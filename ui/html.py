@@ -7,7 +7,7 @@ from pipeline import presets
 
 CSS = """
 /* The live preview is a few latent pixels blown up: keep its blocks sharp instead of blurred. */
-.ling-preview img { image-rendering: pixelated; }
+.ling-preview img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 
 .ling-progress { position: relative; height: 1.9rem; border-radius: 0.5rem; overflow: hidden;
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
@@ -17,7 +17,7 @@ CSS = """
   font-size: var(--text-sm); font-variant-numeric: tabular-nums; }
 .ling-progress.idle .ling-progress-fill { display: none; }
 
-.ling-shape { display: flex; align-items: center; gap: 0.9rem; min-height: 4.2rem; }
+.ling-shape { display: flex; align-items: center; gap: 0.9rem; min-height: 3.8rem; padding: 0 0.25rem; }
 .ling-shape-box { border: 2px solid var(--color-accent); border-radius: 3px; background: var(--color-accent-soft);
   display: flex; align-items: center; justify-content: center; font-size: var(--text-xs); flex: none; }
 .ling-shape-text { font-size: var(--text-sm); color: var(--body-text-color-subdued); line-height: 1.4; }
@@ -40,7 +40,7 @@ def _aspect_box_css() -> str:
 
 CSS += _aspect_box_css()
 
-SHAPE_BOX_PX = 56  # the longer side of the frame-shape preview box
+SHAPE_BOX_PX = 52  # the longer side of the frame-shape preview box
 
 
 def progress_html(text: str, step: int = 0, total: int = 0) -> str:

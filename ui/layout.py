@@ -9,6 +9,9 @@ Every event has an api_name. The ones meant for scripts are public and take plai
     compare(prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps) -> ([mp4], [recipe])
     load_recipe(file) -> recipe          (also the Load tab's upload event)
 
+Recipes come back as JSON text (Recipe.from_json reads them): a browser would round a 63-bit seed
+held as a JSON number.
+
 The page's own wiring (streaming runs, button states, restoring controls) is left out of the API
 page ("undocumented") but keeps a name, so that nothing in the queue goes by a number.
 """
@@ -60,9 +63,8 @@ def _prompt_and_frame(defaults: Recipe, prefix: str) -> dict:
     )  # fmt: skip
     gr.Examples(examples=[[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Try one of these")
     negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from (optional)", max_lines=3, max_length=MAX_PROMPT_CHARS)
-    with gr.Row(equal_height=True):
-        aspect = gr.Radio(list(presets.ASPECT_RATIOS), value=defaults.aspect, label="Aspect ratio", elem_classes="ling-aspect", scale=3)
-        shape = gr.HTML(frame_shape_html(defaults.aspect, defaults.quality, defaults.duration, defaults.fps), scale=2, min_width=180)
+    aspect = gr.Radio(list(presets.ASPECT_RATIOS), value=defaults.aspect, label="Aspect ratio", elem_classes="ling-aspect")
+    shape = gr.HTML(frame_shape_html(defaults.aspect, defaults.quality, defaults.duration, defaults.fps), padding=False)
     duration = gr.Slider(presets.MIN_DURATION, presets.MAX_DURATION, value=defaults.duration, step=0.5, label="Duration (seconds)")
     quality = gr.Radio(
         [(f"{name} · {preset.short_side}p", name) for name, preset in presets.QUALITY_PRESETS.items()],
@@ -118,7 +120,7 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
                         frame = _prompt_and_frame(defaults, "")
                         with gr.Row(equal_height=True):
                             seed = gr.Textbox(str(defaults.seed), label="Seed", max_lines=1, scale=4, elem_id="seed")
-                            dice = gr.Button("🎲", scale=0, min_width=48, elem_id="dice")
+                            dice = gr.Button("New seed", scale=1, min_width=90, elem_id="dice")
                             lock = gr.Checkbox(False, label="Lock seed", info="keep it for the next runs", scale=2, elem_id="lock")
                         create = RecipeInputs(**frame, seed=seed, **_advanced(defaults))
                         with gr.Row():
@@ -135,10 +137,10 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
                         with gr.Row():
                             reuse_btn = gr.Button("Reuse recipe", elem_id="reuse")
                             download_btn = gr.DownloadButton("Download", interactive=False, elem_id="download")
-                        with gr.Accordion("Recipe", open=False):
-                            recipe_json = gr.JSON(label="Recipe", elem_id="recipe")
+                        with gr.Accordion("Recipe", open=True):
+                            recipe_box = gr.Code(language="json", label="Recipe", interactive=False, lines=12, elem_id="recipe")
                 gallery = gr.Gallery(
-                    label="This session's videos (click one to show it again)", columns=6, height=220,
+                    label="This session's videos (click one to show it again)", columns=8, height=170,
                     allow_preview=False, elem_id="history",
                 )  # fmt: skip
 
@@ -147,34 +149,33 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
                 with gr.Row():
                     with gr.Column(scale=4, min_width=320):
                         frame = _prompt_and_frame(defaults, "compare-")
+                        seeds = gr.Textbox(label="Seeds", placeholder="e.g. 1, 2, 3 (empty: drawn at random)", max_lines=1, elem_id="seeds")
                         with gr.Row(equal_height=True):
-                            seeds = gr.Textbox(
-                                label="Seeds", placeholder="e.g. 1, 2, 3 (empty: drawn at random)", max_lines=1, scale=4, elem_id="seeds"
-                            )
-                            count = gr.Radio(list(range(MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS + 1)), value=MAX_COMPARE_SEEDS, label="How many to draw", scale=2)
-                            draw = gr.Button("🎲", scale=0, min_width=48, elem_id="draw-seeds")
+                            count = gr.Radio(list(range(MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS + 1)), value=MAX_COMPARE_SEEDS, label="How many to draw", scale=3)
+                            draw = gr.Button("Draw seeds", scale=1, min_width=90, elem_id="draw-seeds")
                         cmp = RecipeInputs(**frame, seed=seeds, **_advanced(defaults))
                         with gr.Row():
                             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                             compare_stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="compare-stop")
                     with gr.Column(scale=7, min_width=340):
-                        compare_progress = gr.HTML(progress_html("Ready: one prompt, several seeds, side by side"))
-                        slot_previews, slot_videos, slot_buttons = [], [], []
-                        for row in range(MAX_COMPARE_SEEDS // 2):
-                            with gr.Row(equal_height=True):
-                                for _ in range(2):
-                                    with gr.Column(min_width=200):
-                                        slot_previews.append(
-                                            gr.Image(type="numpy", interactive=False, visible=False, elem_classes="ling-preview", buttons=[])
-                                        )
-                                        slot_videos.append(gr.Video(autoplay=True, loop=True, interactive=False, visible=False))
-                                        slot_buttons.append(gr.Button("Use this seed", size="sm", visible=False))
+                        compare_progress = gr.HTML(progress_html("Ready: one prompt, several seeds, side by side"), elem_id="compare-progress")
+                        slot_previews, slot_videos, slot_buttons = [], [], []  # one slot per seed, two to a row
+                        with gr.Column(elem_id="compare-slots"):
+                            for _ in range(MAX_COMPARE_SEEDS // 2):
+                                with gr.Row(equal_height=True):
+                                    for _ in range(2):
+                                        with gr.Column(min_width=200):
+                                            slot_previews.append(
+                                                gr.Image(type="numpy", interactive=False, visible=False, elem_classes="ling-preview", buttons=[])
+                                            )
+                                            slot_videos.append(gr.Video(autoplay=True, loop=True, interactive=False, visible=False))
+                                            slot_buttons.append(gr.Button("Use this seed", size="sm", visible=False))
 
             # --- Load recipe ----------------------------------------------------------------
             with gr.Tab("Load recipe", id="load"):
                 gr.Markdown("Drop a video made by Ling Studio (or the .json beside it): every setting goes back into Create.")
                 upload = gr.File(label="Ling Studio MP4 or recipe .json", file_types=[".mp4", ".json"], type="filepath", elem_id="upload")
-                loaded = gr.JSON(label="Recipe found in the file")
+                loaded = gr.Code(language="json", label="Recipe found in the file", interactive=False, lines=12, elem_id="loaded")
 
         # --- API-only inputs and outputs: plain values, checked only by Recipe.validate ---------
         with gr.Column(visible=False):
@@ -191,7 +192,7 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
             ]
             api_seeds = gr.JSON(None, label="seeds")  # [1, 2] or "1, 2"
             api_video, api_videos = gr.File(label="video"), gr.File(file_count="multiple", label="videos")
-            api_recipe, api_recipes = gr.JSON(label="recipe"), gr.JSON(label="recipes")
+            api_recipe, api_recipes = gr.Textbox(label="recipe"), gr.JSON(label="recipes")  # JSON text: exact seeds
 
         # --- wiring -----------------------------------------------------------------------------
         buttons = [generate_btn, stop_btn, compare_btn, compare_stop_btn]
@@ -207,13 +208,13 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
         generate_btn.click(
             studio.begin, [create.seed, lock, slot], [create.seed, progress, *buttons], api_name="begin", **INSTANT
         ).then(
-            studio.create, [*create.values, slot, history], [preview, progress, video, info, recipe_json, download_btn, history, gallery],
+            studio.create, [*create.values, slot, history], [preview, progress, video, info, recipe_box, download_btn, history, gallery],
             api_name="create", show_progress="hidden", **pipeline_run, **UI,
         ).then(studio.end, slot, buttons, api_name="end", **INSTANT)  # fmt: skip
         gr.on([stop_btn.click, compare_stop_btn.click], studio.stop, slot, [stop_btn, compare_stop_btn], api_name="stop", **INSTANT)
 
-        reuse_btn.click(studio.apply_recipe, recipe_json, create_controls, api_name="reuse_recipe", **INSTANT)
-        gallery.select(studio.show_history_item, history, [video, info, recipe_json, download_btn], api_name="show_history_item", **INSTANT)
+        reuse_btn.click(studio.apply_recipe, recipe_box, create_controls, api_name="reuse_recipe", **INSTANT)
+        gallery.select(studio.show_history_item, history, [video, info, recipe_box, download_btn], api_name="show_history_item", **INSTANT)
 
         draw.click(studio.draw_seeds, count, cmp.seed, api_name="draw_seeds", **INSTANT)
         compare_btn.click(
