@@ -35,7 +35,15 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer_from_size("tiny"))
+    transformer = transformer_from_size("tiny")
+    # As initialised (adaLN-zero, zeroed output layer) it predicts exactly zero: every step would
+    # leave the noise as it is and the live preview would never change. Nudge the zeros.
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            if not parameter.any():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer)
     folder = tmp_path_factory.mktemp("tiny-model")
     pipe.save_pretrained(folder)
     return folder

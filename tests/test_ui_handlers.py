@@ -105,17 +105,30 @@ def test_seed_parsing():
 
 def test_seed_lock_dice_and_buttons(studio):
     slot = RunSlot()
-    seed, _, generate, stop, compare, compare_stop = studio.begin("123", False, slot)
+    seed, _, generate, stop, compare, compare_stop = studio.begin(*controls(seed="123"), False, slot)
     assert seed != "123" and 0 <= int(seed) <= MAX_SEED  # unlocked: a fresh seed every run
     assert slot.control is not None  # Stop works even while the run waits in the queue
     assert generate.interactive is False and compare.interactive is False
     assert stop.interactive is True and compare_stop.interactive is True
-    assert studio.begin("123", True, slot)[0] == "123"  # locked: kept
-    assert studio.begin("", True, slot)[0] != ""  # locked but empty: drawn
+    assert studio.begin(*controls(seed="123"), True, slot)[0] == "123"  # locked: kept
+    assert studio.begin(*controls(seed=""), True, slot)[0] != ""  # locked but empty: drawn
     dice_seed, locked = studio.new_seed()
     assert locked is True and 0 <= int(dice_seed) <= MAX_SEED
     generate, stop, *_ = studio.end(slot)
     assert generate.interactive is True and stop.interactive is False and slot.control is None
+    *buttons, progress = studio.end_after_error(slot)
+    assert buttons[0].interactive is True and "failed" in progress
+
+
+def test_a_mistake_is_answered_before_the_run_is_queued(studio):
+    slot = RunSlot()
+    with pytest.raises(gr.Error, match="guidance must be between"):
+        studio.begin(*controls(guidance=99.0), True, slot)
+    assert slot.control is None  # nothing changed: the buttons stay as they were
+    fields = [FAST[name] if name != "seed" else "4, 4" for name in CONTROL_FIELDS]
+    with pytest.raises(gr.Error, match="given twice"):
+        studio.begin_compare(*fields, 2, slot)
+    assert slot.control is None
 
 
 # --- runs ----------------------------------------------------------------------------------------------
@@ -221,7 +234,7 @@ def test_the_api_says_when_a_run_was_stopped(studio):
 
 def test_stop_pressed_while_waiting_in_the_queue_skips_the_run(studio):
     slot = RunSlot()
-    studio.begin("7", True, slot)
+    studio.begin(*controls(), True, slot)
     studio.stop(slot)
     *_, last = drain(studio.create(*controls(), slot, []))
     assert "Stopped" in last[1] and run_folders(studio) == []
@@ -315,7 +328,8 @@ def test_compare_needs_two_to_four_different_seeds(studio):
         with pytest.raises(gr.Error, match=message):
             studio.compare(*fields, RunSlot())
     assert len(studio.draw_seeds(3).split(", ")) == 3
-    seeds, *_ = studio.begin_compare("", 2, RunSlot())
+    fields = [FAST[name] if name != "seed" else "" for name in CONTROL_FIELDS]
+    seeds, *_ = studio.begin_compare(*fields, 2, RunSlot())
     assert len(parse_seeds(seeds)) == 2
 
 

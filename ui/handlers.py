@@ -290,17 +290,26 @@ class Studio:
         """The dice: a fresh seed, locked so that the next run uses it."""
         return str(random_seed()), True
 
-    def begin(self, seed: str, lock: bool, slot: RunSlot):
-        """Generate/Compare clicked: draw the run's seed unless locked, prepare its Stop, swap the buttons."""
-        slot.prepare()
+    def begin(self, prompt, negative_prompt, aspect, duration, quality, seed, steps, guidance, fps, lock: bool, slot: RunSlot):
+        """Generate clicked, before the queue: draw the run's seed unless locked, check the settings
+        (a mistake is answered at once and changes nothing), prepare Stop, swap the buttons."""
         if not lock or not str(seed or "").strip():
             seed = str(random_seed())
+        try:
+            self.build_recipe(prompt, negative_prompt, aspect, duration, quality, seed, steps, guidance, fps)
+        except ValueError as error:
+            raise gr.Error(str(error), title="Check the settings") from None
+        slot.prepare()
         return (seed, progress_html("Waiting for the model…"), *_button_states(running=True))
 
     def end(self, slot: RunSlot):
-        """The run ended (done, stopped or failed): buttons back to idle."""
+        """The run ended (done or stopped): buttons back to idle."""
         slot.control = None
         return _button_states(running=False)
+
+    def end_after_error(self, slot: RunSlot):
+        """The run failed (its message is already on screen): buttons back, and the bar says so."""
+        return (*self.end(slot), progress_html("The run failed: nothing was saved."))
 
     def stop(self, slot: RunSlot):
         """Stop this session's run: within one denoising step, and no file is left."""
@@ -382,11 +391,13 @@ class Studio:
     def draw_seeds(self, count) -> str:
         return ", ".join(str(random_seed()) for _ in range(int(count)))
 
-    def begin_compare(self, seeds: str, count, slot: RunSlot):
-        """Compare clicked: draw seeds if none are typed, prepare Stop, swap the buttons."""
-        slot.prepare()
+    def begin_compare(self, prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps, count, slot: RunSlot):
+        """Compare clicked, before the queue: draw seeds if none are typed, check the settings,
+        prepare Stop, swap the buttons."""
         if not str(seeds or "").strip():
             seeds = self.draw_seeds(count)
+        self.compare_recipes(prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps)
+        slot.prepare()
         return (seeds, progress_html("Waiting for the model…"), *_button_states(running=True))
 
     def compare_recipes(self, prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps) -> list[Recipe]:

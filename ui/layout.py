@@ -65,7 +65,9 @@ def _prompt_and_frame(defaults: Recipe, prefix: str) -> dict:
     negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from (optional)", max_lines=3, max_length=MAX_PROMPT_CHARS)
     aspect = gr.Radio(list(presets.ASPECT_RATIOS), value=defaults.aspect, label="Aspect ratio", elem_classes="ling-aspect")
     shape = gr.HTML(frame_shape_html(defaults.aspect, defaults.quality, defaults.duration, defaults.fps), padding=False)
-    duration = gr.Slider(presets.MIN_DURATION, presets.MAX_DURATION, value=defaults.duration, step=0.5, label="Duration (seconds)")
+    duration = gr.Slider(
+        presets.MIN_DURATION, presets.MAX_DURATION, value=defaults.duration, step=0.5, label="Duration (seconds)", elem_id=f"{prefix}duration"
+    )
     quality = gr.Radio(
         [(f"{name} · {preset.short_side}p", name) for name, preset in presets.QUALITY_PRESETS.items()],
         value=defaults.quality, label="Quality",
@@ -73,9 +75,12 @@ def _prompt_and_frame(defaults: Recipe, prefix: str) -> dict:
     return dict(prompt=prompt, negative_prompt=negative, aspect=aspect, duration=duration, quality=quality, shape=shape)
 
 
-def _advanced(defaults: Recipe) -> dict:
-    with gr.Accordion("Advanced", open=False):
-        steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info="denoising steps: more is slower and finer")
+def _advanced(defaults: Recipe, prefix: str) -> dict:
+    with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}advanced"):
+        steps = gr.Slider(
+            MIN_STEPS, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info="denoising steps: more is slower and finer",
+            elem_id=f"{prefix}steps",
+        )  # fmt: skip
         guidance = gr.Slider(
             MIN_GUIDANCE, MAX_GUIDANCE, value=defaults.guidance, step=0.5, label="Guidance",
             info="how closely to follow the prompt; 1 turns guidance off",
@@ -122,7 +127,7 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
                             seed = gr.Textbox(str(defaults.seed), label="Seed", max_lines=1, scale=4, elem_id="seed")
                             dice = gr.Button("New seed", scale=1, min_width=90, elem_id="dice")
                             lock = gr.Checkbox(False, label="Lock seed", info="keep it for the next runs", scale=2, elem_id="lock")
-                        create = RecipeInputs(**frame, seed=seed, **_advanced(defaults))
+                        create = RecipeInputs(**frame, seed=seed, **_advanced(defaults, ""))
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                             stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
@@ -140,8 +145,8 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
                         with gr.Accordion("Recipe", open=True):
                             recipe_box = gr.Code(language="json", label="Recipe", interactive=False, lines=12, elem_id="recipe")
                 gallery = gr.Gallery(
-                    label="This session's videos (click one to show it again)", columns=8, height=170,
-                    allow_preview=False, elem_id="history",
+                    label="This session's videos (click one to show it again)", columns=6, fit_columns=False, height=190,
+                    object_fit="contain", allow_preview=False, elem_id="history",
                 )  # fmt: skip
 
             # --- Compare seeds --------------------------------------------------------------
@@ -153,7 +158,7 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
                         with gr.Row(equal_height=True):
                             count = gr.Radio(list(range(MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS + 1)), value=MAX_COMPARE_SEEDS, label="How many to draw", scale=3)
                             draw = gr.Button("Draw seeds", scale=1, min_width=90, elem_id="draw-seeds")
-                        cmp = RecipeInputs(**frame, seed=seeds, **_advanced(defaults))
+                        cmp = RecipeInputs(**frame, seed=seeds, **_advanced(defaults, "compare-"))
                         with gr.Row():
                             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
                             compare_stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="compare-stop")
@@ -204,32 +209,38 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
         dice.click(studio.new_seed, None, [create.seed, lock], api_name="new_seed", **INSTANT)
         create.seed.input(lambda: True, None, lock, api_name="lock_seed", **INSTANT)  # a typed seed is meant to be kept
 
-        # Generate -> stream the run -> buttons back, whatever happened in between.
-        generate_btn.click(
-            studio.begin, [create.seed, lock, slot], [create.seed, progress, *buttons], api_name="begin", **INSTANT
-        ).then(
+        # Generate: check and swap the buttons at once -> stream the run -> buttons back. The ending
+        # is wired to success and failure both: in Gradio 6, .then() does not follow a failed event.
+        creating = generate_btn.click(
+            studio.begin, [*create.values, lock, slot], [create.seed, progress, *buttons], api_name="begin", **INSTANT
+        ).success(
             studio.create, [*create.values, slot, history], [preview, progress, video, info, recipe_box, download_btn, history, gallery],
             api_name="create", show_progress="hidden", **pipeline_run, **UI,
-        ).then(studio.end, slot, buttons, api_name="end", **INSTANT)  # fmt: skip
+        )  # fmt: skip
+        creating.success(studio.end, slot, buttons, api_name="end", **INSTANT)
+        creating.failure(studio.end_after_error, slot, [*buttons, progress], api_name="end_after_error", **INSTANT)
         gr.on([stop_btn.click, compare_stop_btn.click], studio.stop, slot, [stop_btn, compare_stop_btn], api_name="stop", **INSTANT)
 
         reuse_btn.click(studio.apply_recipe, recipe_box, create_controls, api_name="reuse_recipe", **INSTANT)
         gallery.select(studio.show_history_item, history, [video, info, recipe_box, download_btn], api_name="show_history_item", **INSTANT)
 
         draw.click(studio.draw_seeds, count, cmp.seed, api_name="draw_seeds", **INSTANT)
-        compare_btn.click(
-            studio.begin_compare, [cmp.seed, count, slot], [cmp.seed, compare_progress, *buttons], api_name="begin_compare", **INSTANT
-        ).then(
+        comparing = compare_btn.click(
+            studio.begin_compare, [*cmp.values, count, slot], [cmp.seed, compare_progress, *buttons], api_name="begin_compare", **INSTANT
+        ).success(
             studio.compare_stream, [*cmp.values, slot, history],
             [compare_progress, compared, history, gallery, *slot_previews, *slot_videos, *slot_buttons],
             api_name="compare_stream", show_progress="hidden", **pipeline_run, **UI,
-        ).then(studio.end, slot, buttons, api_name="end_compare", **INSTANT)  # fmt: skip
+        )  # fmt: skip
+        comparing.success(studio.end, slot, buttons, api_name="end_compare", **INSTANT)
+        comparing.failure(studio.end_after_error, slot, [*buttons, compare_progress], api_name="end_compare_after_error", **INSTANT)
         for index, button in enumerate(slot_buttons):
             button.click(partial(studio.use_seed, index), compared, create_controls, api_name=f"use_seed_{index + 1}", **INSTANT)
 
-        upload.upload(studio.load_recipe, upload, loaded, api_name="load_recipe").success(
-            studio.apply_recipe, loaded, create_controls, api_name="apply_loaded_recipe", **INSTANT
-        )
+        loading = upload.upload(studio.load_recipe, upload, loaded, api_name="load_recipe")
+        loading.success(studio.apply_recipe, loaded, create_controls, api_name="apply_loaded_recipe", **INSTANT)
+        for ending, name in ((loading.success, "clear_upload"), (loading.failure, "clear_upload_after_error")):
+            ending(lambda: None, None, upload, api_name=name, **INSTANT)  # ready for the next file
 
         # The API for scripts (gradio_client): no triggers on the page, plain values in and out.
         gr.on([], studio.generate, [*api_in, slot], [api_video, api_recipe], api_name="generate", **pipeline_run)
