@@ -262,6 +262,17 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         self.encoder = Encoder(in_channels, *args)
         self.decoder = Decoder(in_channels, *args)
         self.use_tiling = False
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # The posterior starts nearly deterministic (log-variance -8, std 0.02). With the usual
+        # log-variance 0 the sampled latent is almost all noise at first, the decoder learns to
+        # ignore it, the encoder gets no gradient, and training stalls at the mean colour.
+        log_variance = self.encoder.conv_out.temporal
+        latent_channels = self.config.latent_channels
+        with torch.no_grad():
+            log_variance.weight[latent_channels:] *= 0.1
+            log_variance.bias[latent_channels:] = -8.0
 
     # --- geometry ------------------------------------------------------------------------------
 
