@@ -1,0 +1,193 @@
+"""The eval table for a model folder.
+
+    python -m eval --model assets/model          # the full table, a few minutes on a CPU
+    python -m eval --model assets/model --quick  # fewer prompts, for a smoke check
+
+Every number comes from pixels: generated videos are read by the analyzer (eval/analyzer.py) and
+compared with the structured scene their prompt was written from. Prompts and seeds are fixed, so
+two runs on the same machine print the same table.
+
+Rows: per-attribute accuracy on seen combinations, held-out combinations (WORLD.md), paraphrased
+prompts, two- and three-object prompts; temporal flicker on still scenes; stability of object area;
+how far moving objects travel; the VAE's reconstruction PSNR (whole frame, object pixels) and the
+analyzer's accuracy on VAE reconstructions of world clips; seconds per video.
+"""
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from eval.analyzer import analyze, match
+from pipeline import presets
+from pipeline.generate import load_pipeline
+from training import world
+from training.train_vae import reconstruction_metrics, render_world_clip, to_model_space
+
+EVAL_SEED = 424242  # scenes and noise of the eval; never used by training's streams
+ASPECT, DURATION, FPS = "16:9", 2.0, 15
+
+
+@dataclass
+class PromptSet:
+    name: str
+    scenes: list[world.Scene]
+    prompts: list[str]
+    results: list[dict] = field(default_factory=list)
+
+
+def build_prompt_sets(quick: bool) -> list[PromptSet]:
+    """Fixed scenes and their prompts: canonical wording, except the paraphrase set."""
+    scale = 0.5 if quick else 1.0
+    sizes = {"seen": 16, "held_out": 10, "paraphrased": 8, "two_objects": 8, "three_objects": 4}
+    rng = np.random.default_rng(EVAL_SEED)
+    sets = []
+    for name, count in sizes.items():
+        count = max(2, int(count * scale))
+        held_out = name == "held_out"
+        num_objects = {"two_objects": 2, "three_objects": 3}.get(name, 1)
+        scenes = [world.sample_scene(rng, held_out=held_out, num_objects=num_objects) for _ in range(count)]
+        prompts = [world.caption(s, rng) if name == "paraphrased" else world.describe(s) for s in scenes]
+        sets.append(PromptSet(name, scenes, prompts))
+    return sets
+
+
+def generate_frames(pipe, prompt: str, seed: int) -> np.ndarray:
+    height, width = presets.resolution(ASPECT, presets.DEFAULT_QUALITY)
+    frames = pipe(
+        prompt,
+        height=height,
+        width=width,
+        num_frames=presets.num_frames(DURATION, FPS),
+        frame_rate=FPS,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).frames[0]
+    return (frames * 255).round().astype(np.uint8)  # (T, H, W, 3)
+
+
+def flicker(frames: np.ndarray) -> float:
+    """Mean absolute change between consecutive frames, in 0..255 levels (0 for a still scene)."""
+    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
+
+
+def object_measures(analysis, scene: world.Scene) -> dict:
+    """Area stability (coefficient of variation) of objects that should keep their size, and the
+    travel (in frame heights) of objects that move in a straight line."""
+    area_cv, travel = [], []
+    for obj in analysis.objects:
+        seen = ~np.isnan(obj.areas)
+        if seen.sum() < 3:
+            continue
+        if obj.motion not in ("growing", "shrinking"):
+            areas = obj.areas[seen]
+            area_cv.append(float(areas.std() / max(areas.mean(), 1e-6)))
+        if obj.motion in ("left", "right", "up", "down"):
+            path = obj.trajectory[seen]
+            travel.append(float(np.abs(path[-1] - path[0]).max() / analysis.height))
+    return {"area_cv": area_cv, "travel": travel}
+
+
+def score_set(prompt_set: PromptSet) -> dict:
+    """Per-attribute accuracy over every object of every scene, and scene-level extras."""
+    counts: dict[str, list[bool]] = {}
+    for result in prompt_set.results:
+        for verdict in result["match"]["objects"]:
+            for attribute, ok in verdict.items():
+                counts.setdefault(attribute, []).append(ok)
+        counts.setdefault("background", []).append(result["match"]["background"])
+        colours_right = all(v["colour"] for v in result["match"]["objects"])
+        counts.setdefault("all_colours", []).append(colours_right)
+    return {name: float(np.mean(values)) for name, values in counts.items()}
+
+
+@torch.no_grad()
+def vae_rows(pipe, num_clips: int) -> dict:
+    """Reconstruction PSNR and the analyzer's accuracy on VAE round trips of held-out world clips."""
+    vae = pipe.vae
+    metrics = reconstruction_metrics(vae, num_clips=num_clips)
+    agree: dict[str, list[bool]] = {}
+    aspects = list(presets.ASPECT_RATIOS)
+    for index in range(num_clips):
+        seed = 3 * 10**9 + index
+        rng = np.random.default_rng(seed)
+        scene = world.sample_scene(rng)
+        height, width = presets.resolution(aspects[index % len(aspects)])
+        clip = world.render(scene, height, width, 1 + 4 * 7, FPS)  # 29 frames: ~2 s at 15 fps
+        video = to_model_space(clip.frames)[None].to(vae.device, vae.dtype)
+        reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample[0].float().cpu()
+        frames = ((reconstruction.movedim(0, -1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        verdict = match(analyze(frames, FPS), scene)
+        for obj in verdict["objects"]:
+            for attribute in ("colour", "shape", "motion"):
+                agree.setdefault(attribute, []).append(obj[attribute])
+    metrics.update({f"analyzer_{k}": float(np.mean(v)) for k, v in agree.items()})
+    return metrics
+
+
+def main(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads) if args.threads else None
+    pipe = load_pipeline(args.model)
+    prompt_sets = build_prompt_sets(args.quick)
+
+    # 1. Generate and analyze every prompt of every set.
+    seconds, flickers, area_cv, travel = [], [], [], []
+    for prompt_set in prompt_sets:
+        for index, (scene, prompt) in enumerate(zip(prompt_set.scenes, prompt_set.prompts)):
+            started = time.perf_counter()
+            frames = generate_frames(pipe, prompt, EVAL_SEED + index)
+            seconds.append(time.perf_counter() - started)
+            analysis = analyze(frames, FPS)
+            prompt_set.results.append({"prompt": prompt, "match": match(analysis, scene)})
+            if all(obj.motion == "still" for obj in scene.objects) and scene.background_to is None:
+                flickers.append(flicker(frames))
+            measures = object_measures(analysis, scene)
+            area_cv += measures["area_cv"]
+            travel += measures["travel"]
+
+    # 2. The VAE on world clips.
+    vae = vae_rows(pipe, num_clips=6 if args.quick else 24)
+
+    # 3. The table.
+    table = {prompt_set.name: score_set(prompt_set) for prompt_set in prompt_sets}
+    extras = {
+        "flicker_still_scenes": float(np.mean(flickers)) if flickers else None,
+        "object_area_cv": float(np.mean(area_cv)) if area_cv else None,
+        "travel_frame_heights_2s": float(np.mean(travel)) if travel else None,
+        "seconds_per_video": float(np.mean(seconds)),
+        **vae,
+    }
+    print_table(args.model, table, extras)
+    report = {"model": args.model, "sets": table, **extras}
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+def print_table(model: str, table: dict, extras: dict):
+    columns = ["colour", "shape", "size", "motion", "background", "all_colours"]
+    print(f"\n## Eval of {model} ({ASPECT}, {DURATION:g} s at {FPS} fps, {presets.DEFAULT_QUALITY} preset, fixed seeds)\n")
+    print("| prompts | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, scores in table.items():
+        print(f"| {name} | " + " | ".join(f"{100 * scores[c]:.0f}%" if c in scores else "-" for c in columns) + " |")
+    print("\n| measure | value |\n|---|---|")
+    for name, value in extras.items():
+        shown = "-" if value is None else (f"{100 * value:.0f}%" if name.startswith("analyzer_") else f"{value:.3g}")
+        print(f"| {name} | {shown} |")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/model")
+    parser.add_argument("--quick", action="store_true", help="half the prompts and fewer VAE clips")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
