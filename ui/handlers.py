@@ -198,6 +198,15 @@ class Studio:
         self.lock = threading.Lock()  # one run on the pipeline at a time
         self.model = model_name(pipe)
 
+    @property
+    def model_folder(self) -> str:
+        """Where the weights came from, as the person who started the studio would write it."""
+        folder = Path(self.pipe.name_or_path or self.model).resolve()
+        try:
+            return str(folder.relative_to(Path.cwd()))
+        except ValueError:
+            return str(folder)
+
     def warm_up(self) -> None:
         """Fit the previewer now, so the first run's previews cost nothing extra."""
         self.previewer.weights  # noqa: B018  (fitting is a side effect of the first read)

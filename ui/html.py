@@ -17,6 +17,7 @@ CSS = """
   font-size: var(--text-sm); font-variant-numeric: tabular-nums; }
 .ling-progress.idle .ling-progress-fill { display: none; }
 
+.ling-shape-block { background: var(--block-background-fill) !important; }
 .ling-shape { display: flex; align-items: center; gap: 0.9rem; min-height: 3.8rem; padding: 0 0.25rem; }
 .ling-shape-box { border: 2px solid var(--color-accent); border-radius: 3px; background: var(--color-accent-soft);
   display: flex; align-items: center; justify-content: center; font-size: var(--text-xs); flex: none; }

@@ -63,8 +63,9 @@ def _prompt_and_frame(defaults: Recipe, prefix: str) -> dict:
     )  # fmt: skip
     gr.Examples(examples=[[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Try one of these")
     negative = gr.Textbox(label="Negative prompt", placeholder="what to steer away from (optional)", max_lines=3, max_length=MAX_PROMPT_CHARS)
-    aspect = gr.Radio(list(presets.ASPECT_RATIOS), value=defaults.aspect, label="Aspect ratio", elem_classes="ling-aspect")
-    shape = gr.HTML(frame_shape_html(defaults.aspect, defaults.quality, defaults.duration, defaults.fps), padding=False)
+    with gr.Group():  # the ratio and the frame it makes, in one box
+        aspect = gr.Radio(list(presets.ASPECT_RATIOS), value=defaults.aspect, label="Aspect ratio", elem_classes="ling-aspect")
+        shape = gr.HTML(frame_shape_html(defaults.aspect, defaults.quality, defaults.duration, defaults.fps), padding=True, elem_classes="ling-shape-block")
     duration = gr.Slider(
         presets.MIN_DURATION, presets.MAX_DURATION, value=defaults.duration, step=0.5, label="Duration (seconds)", elem_id=f"{prefix}duration"
     )
@@ -116,7 +117,7 @@ def build_demo(pipe: TextToVideoPipeline, settings: StudioSettings) -> gr.Blocks
         history = gr.State([])  # this session's videos, newest first
         compared = gr.State([])  # the recipes of the last comparison, in slot order
 
-        gr.Markdown(f"# Ling Studio\nText to video on your own machine · model `{studio.model}`")
+        gr.Markdown(f"# Ling Studio\nText to video on your own machine · weights from `{studio.model_folder}`")
         with gr.Tabs() as tabs:
             # --- Create ---------------------------------------------------------------------
             with gr.Tab("Create", id="create"):
