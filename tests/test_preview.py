@@ -1,5 +1,6 @@
 """Live previews: the fitted latent -> RGB map, the clean-video estimate, and the preview strips."""
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,3 +94,25 @@ def test_the_step_estimate_is_the_clean_video_when_the_velocity_is_exact():
 def test_previews_take_any_float_latents(tiny_vae, dtype):
     frames = LatentPreviewer(tiny_vae).frames(torch.randn(1, 16, 2, 2, 3).to(dtype))
     assert frames.shape == (1, 2, 16, 24, 3) and frames.dtype == np.uint8
+
+
+def test_previews_cost_under_a_tenth_of_a_run(tiny_pipe, tmp_path):
+    """The live preview at every step must stay a small part of the run (here the tiny model, whose
+    steps are the cheapest there are; on the bundled model the share is ~0.2%)."""
+    from pipeline.generate import generate_videos
+    from pipeline.recipe import Recipe
+
+    previewer = LatentPreviewer(tiny_pipe.vae)
+    previewer.weights  # noqa: B018  (the one-off fit happens at startup, not in a run)
+    spent = []
+
+    def on_step(pipe, step, timestep, tensors):
+        started = time.perf_counter()
+        previewer.strips(step_estimate(pipe.scheduler, step, tensors))
+        spent.append(time.perf_counter() - started)
+        return {}
+
+    recipe = Recipe(prompt="a red ball bouncing on a black background", duration=2.0, steps=20, seed=1)
+    started = time.perf_counter()
+    generate_videos(tiny_pipe, [recipe], [tmp_path / "v.mp4"], on_step, ["latents", "noise_pred"])
+    assert len(spent) == 20 and sum(spent) < 0.1 * (time.perf_counter() - started)

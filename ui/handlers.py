@@ -274,16 +274,15 @@ class Studio:
                     seconds_left = (now - started) / step * (total - step)
                     yield RunUpdate(step, total, seconds_left, previews, decoding=step == total)
                 elif kind == "done":
-                    results = message[1]
-                    if results[0].stopped and not any(run_dir.iterdir()):
-                        run_dir.rmdir()  # a stopped run leaves nothing behind, not even its folder
-                    yield RunUpdate(total, total, 0.0, previews, results=results)
+                    yield RunUpdate(total, total, 0.0, previews, results=message[1])
                     return
                 else:
                     raise gr.Error(f"The run failed: {message[1]}")
         finally:
-            # The page went away (or the run ended): make sure the worker stops soon.
+            # The run ended, or the page went away mid-run: make sure the worker stops soon.
             control.request_stop()
+            if not any(run_dir.iterdir()):
+                run_dir.rmdir()  # a stopped or failed run leaves nothing behind, not even its folder
 
     def _run_to_end(self, recipes: list[Recipe], slot: "RunSlot") -> list[GenerationResult]:
         update = None
