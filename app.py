@@ -127,8 +127,11 @@ def read_auth(value: str) -> list[tuple[str, str]]:
 
 def run_studio(argv: list[str]) -> int:
     args = build_studio_parser().parse_args(argv)
-    if args.max_queue < 1 or args.keep_hours <= 0:
-        print("app.py: error: --max-queue must be at least 1 and --keep-hours above 0", file=sys.stderr)
+    if args.max_queue < 1:
+        print(f"app.py: error: --max-queue must be at least 1, got {args.max_queue}", file=sys.stderr)
+        return 2
+    if args.keep_hours <= 0:
+        print(f"app.py: error: --keep-hours must be above 0, got {args.keep_hours:g}", file=sys.stderr)
         return 2
     try:
         auth = read_auth(args.auth) if args.auth else None
