@@ -3,6 +3,10 @@
 Laid out like diffusers' WanPipeline: `__call__` is a numbered recipe, `check_inputs` names the
 argument at fault, the scheduler (diffusers' FlowMatchEulerDiscreteScheduler) stays behind
 `set_timesteps` / `step`, and each step's latents go to `callback_on_step_end` for live previews.
+
+Continuation: a `context` (pixel frames or latents) fixes the first latent frames of the video. They
+are clean (timestep 0 in the transformer, as in training) and kept as they are at every step, so the
+model continues a video, or with one frame animates a still image.
 """
 
 from collections import OrderedDict
@@ -110,6 +114,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         latents,
         output_type,
         callback_on_step_end_tensor_inputs,
+        context=None,
     ):
         if isinstance(prompt, str):
             prompt = [prompt]
@@ -137,12 +142,72 @@ class TextToVideoPipeline(DiffusionPipeline):
             expected = self._latent_shape(len(prompt), height, width, num_frames)
             if tuple(latents.shape) != expected:
                 raise ValueError(f"`latents` must have shape {expected} for these sizes, got {tuple(latents.shape)}")
+        if context is not None:
+            self._check_context(context, len(prompt), height, width, num_frames)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if callback_on_step_end_tensor_inputs is not None:
             unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if unknown:
                 raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
+
+    def _context_is_latent(self, context) -> bool:
+        """A torch tensor with the VAE's latent channels is latents; anything else is pixels."""
+        return isinstance(context, torch.Tensor) and context.ndim == 5 and context.shape[1] == self.vae.config.latent_channels
+
+    def _check_context(self, context, batch_size, height, width, num_frames):
+        if isinstance(context, np.ndarray):
+            if context.ndim not in (4, 5) or context.shape[-1] != 3:
+                raise ValueError(f"`context` as a numpy array must be frames (T, H, W, 3) or (B, T, H, W, 3), got shape {context.shape}")
+            context_batch, frames, size = (context.shape[0] if context.ndim == 5 else 1), context.shape[-4], tuple(context.shape[-3:-1])
+        elif isinstance(context, torch.Tensor):
+            if context.ndim != 5 or context.shape[1] not in (3, self.vae.config.latent_channels):
+                raise ValueError(
+                    f"`context` as a tensor must be pixels (B, 3, T, H, W) or latents (B, {self.vae.config.latent_channels}, t, h, w), "
+                    f"got shape {tuple(context.shape)}"
+                )
+            context_batch, frames, size = context.shape[0], context.shape[2], tuple(context.shape[-2:])
+        else:
+            raise ValueError(f"`context` must be a numpy array of frames or a torch tensor, got {type(context).__name__}")
+        if context_batch not in (1, batch_size):
+            raise ValueError(f"`context` holds {context_batch} videos but there are {batch_size} prompts; give one or as many")
+        scale, ratio = self.vae.spatial_compression_ratio, self.vae.temporal_compression_ratio
+        if self._context_is_latent(context):
+            expected, latent_frames = (height // scale, width // scale), self.vae.num_latent_frames(num_frames)
+            if size != expected:
+                raise ValueError(f"`context` latents must be {expected[0]}x{expected[1]} (h x w) for {height}x{width} pixels, got {size[0]}x{size[1]}")
+            if not 1 <= frames < latent_frames:
+                raise ValueError(f"`context` must have from 1 to {latent_frames - 1} latent frames (fewer than the video's {latent_frames}), got {frames}")
+            return
+        if size != (height, width):
+            raise ValueError(f"`context` frames must be {height}x{width} (height x width) pixels, got {size[0]}x{size[1]}")
+        if (frames - 1) % ratio != 0:
+            raise ValueError(f"`context` must have 1 + {ratio}k frames (1, {1 + ratio}, {1 + 2 * ratio}, ...) for the VAE, got {frames}")
+        if frames >= num_frames:
+            raise ValueError(f"`context` must be shorter than the video: {frames} frames given, num_frames is {num_frames}")
+
+    def encode_context(self, context, batch_size: int, device) -> torch.Tensor:
+        """Normalised latents (B, C, t, h, w) of a context that check_inputs accepted.
+
+        Pixels are numpy frames (uint8 in 0..255, or float in [0, 1] as the "np" output gives) or a
+        tensor (B, 3, T, H, W) in [-1, 1]; they are encoded with the VAE's posterior mean, one video
+        at a time, and normalised with the VAE's latent statistics. Latents pass through as they are.
+        """
+        if self._context_is_latent(context):
+            latents = context.to(device=device, dtype=torch.float32)
+        else:
+            if isinstance(context, np.ndarray):
+                pixels = torch.from_numpy(context)
+                pixels = pixels.float() / 127.5 - 1 if context.dtype == np.uint8 else pixels.float() * 2 - 1
+                pixels = pixels.movedim(-1, -4)  # (..., T, H, W, 3) -> (..., 3, T, H, W)
+                pixels = pixels if pixels.ndim == 5 else pixels[None]
+            else:
+                pixels = context
+            pixels = pixels.to(device=device, dtype=self.vae.dtype)
+            mean, std = self.vae.latent_stats(device, torch.float32)
+            latents = torch.cat([self.vae.encode(pixels[i : i + 1]).latent_dist.mode().float() for i in range(pixels.shape[0])])
+            latents = (latents - mean) / std
+        return latents.expand(batch_size, -1, -1, -1, -1)
 
     # --- latents -------------------------------------------------------------------------------
 
@@ -173,8 +238,8 @@ class TextToVideoPipeline(DiffusionPipeline):
                 remaining -= chunk.shape[2]
                 yield ((chunk.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, t, H, W, 3)
 
-    def _predict_velocity(self, latents, t, index, conditioning, do_guidance, guidance_scale, frame_rate) -> torch.Tensor:
-        """The guided velocity of one video of the batch.
+    def _predict_velocity(self, latents, timestep, index, conditioning, do_guidance, guidance_scale, frame_rate) -> torch.Tensor:
+        """The guided velocity of one video of the batch; `timestep` is per latent frame, (1, T).
 
         Videos go through the transformer one at a time (with their guidance pair): CPU kernels
         round differently for different batch sizes, and a seed must give the same video alone or
@@ -188,7 +253,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             text, text_mask, pooled = torch.cat([neg_text, text]), torch.cat([neg_mask, text_mask]), torch.cat([neg_pooled, pooled])
         velocity = self.transformer(
             hidden_states=model_input.to(self.transformer.dtype),
-            timestep=t.expand(model_input.shape[0]),
+            timestep=timestep.expand(model_input.shape[0], -1),
             encoder_hidden_states=text,
             pooled_text=pooled,
             encoder_attention_mask=text_mask,
@@ -215,6 +280,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         frame_rate: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        context: np.ndarray | torch.Tensor | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[["TextToVideoPipeline", int, torch.Tensor, dict], dict] | None = None,
@@ -231,6 +297,16 @@ class TextToVideoPipeline(DiffusionPipeline):
             frame_rate: frames per second the motion is timed for (default: the transformer's).
             generator: one per prompt (a list) or one for the batch; seeds the noise on the CPU.
             latents: initial noise of shape (B, C, t, h, w) instead of drawing it.
+            context: the start of the video, kept as given; the model continues from it. Either
+                pixel frames, which are encoded with the VAE and must number 1 + 4k (1 animates a
+                still image), fewer than `num_frames`: a numpy array (T, H, W, 3) or (B, T, H, W, 3),
+                uint8 or float in [0, 1] (the "np" output of an earlier call); or a tensor
+                (B, 3, T, H, W) in [-1, 1]. Or latents: a tensor (B, C, t, h, w) with the VAE's
+                `latent_channels` channels, already normalised (the "latent" output of an earlier
+                call), fewer latent frames than the video has. A torch tensor is taken as latents
+                when its channel count is the VAE's latent channels, as pixels when it is 3. One
+                context serves a whole batch, or give one per prompt. The output includes the context
+                frames (decoded back from their latents).
             output_type: "np", "pil" or "latent".
             callback_on_step_end: called as `callback(pipe, step, timestep, tensors)` after each step
                 with the tensors named in `callback_on_step_end_tensor_inputs`; may return new latents.
@@ -242,7 +318,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         # 1. Check inputs
         self.check_inputs(
             prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
-            generator, latents, output_type, callback_on_step_end_tensor_inputs,
+            generator, latents, output_type, callback_on_step_end_tensor_inputs, context,
         )  # fmt: skip
         self._interrupt = False
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -265,17 +341,28 @@ class TextToVideoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
 
-        # 4. Noise latents
+        # 4. Noise latents; context frames replace the noise at the start (the rest keep the noise
+        #    they would have without a context, so a seed stays a seed).
         latents = self.prepare_latents(batch_size, height, width, num_frames, generator, device, torch.float32, latents)
         frame_rate = frame_rate if frame_rate is not None else self.transformer.config.default_frame_rate
+        context_frames = 0
+        if context is not None:
+            context_latents = self.encode_context(context, batch_size, device)
+            context_frames = context_latents.shape[2]
+            latents = torch.cat([context_latents, latents[:, :, context_frames:]], dim=2)  # never writes into a caller's tensor
 
         # 5. Denoising loop
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for step, t in enumerate(timesteps):
                 if self.interrupt:
                     break  # Stop: keep the latents of the last finished step
-                noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], t, i, conditioning, do_guidance, guidance_scale, frame_rate) for i in range(batch_size)])
+                # Per latent frame: clean context frames are at timestep 0, the rest at t.
+                timestep = t.expand(1, latents.shape[2]).clone()  # (1, T)
+                timestep[:, :context_frames] = 0
+                noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], timestep, i, conditioning, do_guidance, guidance_scale, frame_rate) for i in range(batch_size)])
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                if context_frames:  # the scheduler moved the context frames too; they stay as given
+                    latents = torch.cat([context_latents, latents[:, :, context_frames:]], dim=2)
 
                 if callback_on_step_end is not None:
                     local_tensors = {"latents": latents, "noise_pred": noise_pred}

@@ -1,0 +1,156 @@
+"""training/train_dit.py on a tiny model folder: a few steps train, a checkpoint resumes, the latent
+cache is built once, export writes a loadable folder; and the loss follows the scheduler's convention."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from safetensors.torch import load_file
+
+from pipeline.pipeline_t2v import TextToVideoPipeline
+from training import train_dit
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state, fixed by the first Accelerator (mixed precision
+    included); a script's main runs once per process, these tests run it several times."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def model_dir(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def train_args(model_dir, run_dir, *extra: str):
+    """Two small buckets (64p 16:9 and 1:1, 1 s at 8 fps: 9 frames, 3 latent frames), fp32, tiny samples."""
+    return train_dit.parse_args(
+        ["--model", str(model_dir), "--run-dir", str(run_dir), "--aspects", "16:9", "1:1", "--durations", "1", "--fps", "8",
+         "--batch-size", "2", "--warmup-steps", "1", "--log-every", "1", "--steps", "2", "--sample-prompts", "1",
+         "--mixed-precision", "no", "--context-prob", "0.5", *extra]
+    )  # fmt: skip
+
+
+def log_lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_train_resume_and_export(model_dir, tmp_path):
+    run_dir, out_dir = tmp_path / "run", tmp_path / "exported"
+
+    train_dit.main(train_args(model_dir, run_dir, "--max-steps", "2"))
+    first = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert first["step"] == 2 and set(first) >= {"model", "ema", "optimizer", "step", "args", "config", "vae"}
+    assert (run_dir / "contact_sheet.png").stat().st_size > 0
+
+    train_dit.main(train_args(model_dir, run_dir, "--max-steps", "4"))  # resumes at step 2
+    second = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    lines = log_lines(run_dir)
+    assert second["step"] == 4 and [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert all(math.isfinite(line["loss"]) and line["loss"] > 0 for line in lines)
+    start = load_file(model_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(second["model"][name], start[name].float()) for name in start)  # it learned something
+
+    train_dit.main(train_dit.parse_args(["--run-dir", str(run_dir), "--export", str(out_dir), "--steps", "7", "--guidance", "3.5", "--shift", "3.0"]))
+    exported = TextToVideoPipeline.from_pretrained(out_dir)
+    assert exported.config.default_num_inference_steps == 7 and exported.config.default_guidance_scale == 3.5
+    assert exported.scheduler.config.shift == 3.0
+    weights = load_file(out_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(w.dtype == torch.float16 for w in weights.values())
+    for name, tensor in second["ema"].items():
+        assert torch.equal(weights[name], tensor.half()), name
+    exported.set_progress_bar_config(disable=True)
+    frames = exported("a red ball", height=64, width=112, num_frames=5, num_inference_steps=1).frames
+    assert frames.shape == (1, 5, 64, 112, 3) and np.isfinite(frames).all()
+
+
+def test_latent_cache_is_built_once_and_trained_on(model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    cached = ("--cache-latents", "3", "--mixed-precision", "bf16")  # bf16 autocast on the CPU too
+
+    train_dit.main(train_args(model_dir, run_dir, *cached, "--max-steps", "2"))
+    files = sorted((run_dir / "latents").iterdir())
+    assert [f.name for f in files] == ["16x9_1s_8fps.pt", "1x1_1s_8fps.pt"]
+    data = torch.load(files[0], weights_only=True)
+    assert data["latents"].shape == (3, 16, 3, 8, 14) and data["latents"].dtype == torch.float16
+    assert len(json.loads(data["scenes"])) == 3
+    assert all(math.isfinite(line["loss"]) for line in log_lines(run_dir))
+
+    modified = [f.stat().st_mtime_ns for f in files]
+    train_dit.main(train_args(model_dir, run_dir, *cached, "--max-steps", "3"))
+    assert [f.stat().st_mtime_ns for f in files] == modified  # the cache was reused, not rebuilt
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+class RecordingModel(torch.nn.Module):
+    """Stands in for the transformer: records its inputs and predicts zero velocity."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        self.inputs = {}
+
+    def forward(self, hidden_states, timestep, **kwargs):
+        self.inputs = {"noisy": hidden_states, "timestep": timestep}
+        return (torch.zeros_like(hidden_states) + self.bias,)
+
+
+def test_loss_keeps_context_frames_clean_and_out_of_the_loss():
+    torch.manual_seed(0)
+    latents = torch.randn(6, 4, 8, 2, 2)  # (B, C, T, H, W)
+    args = train_dit.parse_args(["--context-prob", "1.0"])
+    model = RecordingModel()
+
+    loss, parts = train_dit.flow_matching_loss(model, latents, None, None, None, None, args)
+
+    noisy, timestep = model.inputs["noisy"], model.inputs["timestep"]
+    assert timestep.shape == (6, 8)
+    is_context = timestep == 0  # (B, T)
+    context = is_context.sum(1)
+    assert ((context >= 1) & (context <= 4)).all()  # every video has 1 to T / 2 clean frames ...
+    assert (is_context == (torch.arange(8)[None] < context[:, None])).all()  # ... at its start
+    assert parts["context_frames"] == pytest.approx(is_context.float().mean().item())
+    mask = is_context[:, None, :, None, None].expand_as(latents)
+    assert torch.equal(noisy[mask], latents[mask])  # context frames are the clean latents
+    # Elsewhere one noise level per video; recover the noise from x_s = (1 - s) x0 + s noise.
+    s = timestep / 1000
+    assert torch.allclose(s.max(1).values[:, None].expand(6, 8)[~is_context], s[~is_context])
+    s5 = s[:, None, :, None, None]
+    noise = (noisy - (1 - s5) * latents) / s5.clamp(min=1e-6)
+    target = noise - latents
+    assert loss.item() == pytest.approx(target[~mask].pow(2).mean().item(), rel=1e-4)  # zero prediction: the loss is the target's power
+
+
+def test_velocity_target_is_what_the_scheduler_integrates():
+    """x_s = (1 - s) x0 + s noise at timestep 1000 s, velocity noise - x0: one Euler step of diffusers'
+    FlowMatchEulerDiscreteScheduler with the true velocity lands exactly on x at the next sigma."""
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=2.0)
+    scheduler.set_timesteps(4)
+    x0, noise = torch.randn(2, 3), torch.randn(2, 3)
+    sigma, sigma_next = scheduler.sigmas[1], scheduler.sigmas[2]
+    assert scheduler.timesteps[1] == pytest.approx(1000 * sigma)
+    scheduler._step_index = 1
+    stepped = scheduler.step(noise - x0, scheduler.timesteps[1], (1 - sigma) * x0 + sigma * noise, return_dict=False)[0]
+    torch.testing.assert_close(stepped, (1 - sigma_next) * x0 + sigma_next * noise)
+
+
+def test_buckets_keep_tokens_per_batch_near_the_reference(tiny_vae):
+    args = train_dit.parse_args(["--batch-size", "8"])
+    buckets = {b.name: b for b in train_dit.make_buckets(tiny_vae, (1, 2, 2), args)}
+
+    assert len(buckets) == 6 * 4 * 5  # aspects x durations x frame rates
+    reference = buckets["16x9_2s_15fps"]
+    assert (reference.num_frames, reference.latent_shape, reference.batch_size) == (33, (9, 8, 14), 8)
+    assert (reference.height, reference.width) == (64, 112)
+    longest = buckets["16x9_4s_30fps"]  # 120 frames -> 121 rendered, 31 latent frames
+    assert longest.num_frames == 121 and longest.batch_size == 2
+    for bucket in buckets.values():
+        assert (bucket.num_frames - 1) % 4 == 0

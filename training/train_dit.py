@@ -1,0 +1,603 @@
+"""Train the text-to-video transformer (pipeline/transformer.py) on clips of the procedural world.
+
+    python -m training.train_dit --model assets/model --run-dir runs/dit --minutes 60     # train (resumes if runs/dit has a checkpoint)
+    python -m training.train_dit --model assets/model --run-dir runs/dit --cache-latents 64 --minutes 60
+    python -m training.train_dit --run-dir runs/dit --export assets/model                # EMA transformer -> assets/model (fp16)
+    accelerate launch -m training.train_dit ...                                           # one GPU or many
+
+One script for one CPU, one GPU or many (accelerate). What it does, top to bottom:
+
+1. The frozen parts come from the model folder: the VAE, whose posterior mean normalised with its
+   latent statistics is what the transformer learns to make, and MiniLM, whose token states and
+   pooled vector are cached per caption. The transformer is the folder's, or a new one of
+   --transformer-size, or the checkpoint's when the run resumes.
+2. Data: world clips rendered on the fly, or (--cache-latents N) N clips per bucket rendered and
+   encoded once into runs/dit/latents/ and drawn from at random after that, with a fresh caption
+   each time. On a CPU the VAE encode costs several times a transformer step, so the cache is the
+   way to train there. Every batch is one bucket, aspect ratio x duration x frame rate (Kling's
+   variable-resolution training: one model for every shape), its batch size scaled so that a batch
+   holds about as many tokens in every bucket. About 10% of captions are empty, which teaches the
+   unconditional velocity that classifier-free guidance needs.
+3. Loss: rectified flow as in SD3 (Esser et al., 2024): x_s = (1 - s) x0 + s noise with s drawn
+   from a logit-normal distribution, and the transformer predicts the velocity noise - x0 at
+   timestep 1000 s. That is the convention of diffusers' FlowMatchEulerDiscreteScheduler, which
+   samples with timesteps = sigmas * 1000 and steps x += (sigma_next - sigma) * velocity.
+4. Continuation: in a share of videos (--context-prob) the first k latent frames (1 <= k <= T / 2)
+   are given clean (x_s = x0, timestep 0) and left out of the loss, so the same model continues a
+   video or animates a first frame (TextToVideoPipeline's `context`).
+5. An EMA of the weights is what gets sampled and exported.
+6. Every few minutes: a checkpoint (model, EMA, optimizer, step, args) written atomically, a log line
+   in log.jsonl, and a contact sheet of samples from fixed prompts made by TextToVideoPipeline with
+   the EMA weights, the last row continuing from a given first frame.
+"""
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+import tempfile
+import textwrap
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image, ImageDraw
+
+from pipeline import presets
+from pipeline.pipeline_t2v import TextToVideoPipeline
+from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer, transformer_from_size
+from pipeline.vae import CausalVideoVAE
+from training import world
+
+SAMPLE_SEED = 2_000_000_007  # scenes and noise of the contact sheets; training seeds stay below
+REFERENCE_BUCKET = ("16:9", 2.0, 15)  # --batch-size is the batch of this bucket; the eval's bucket too
+
+
+# ------------------------------------------------------------------------------------------------
+# Buckets
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One shape of training video: every batch comes from a single bucket."""
+
+    aspect: str
+    duration: float  # seconds, as a user asks for them
+    fps: int
+    height: int  # pixels
+    width: int
+    num_frames: int  # frames rendered: the 1 + 4k the pipeline's latents cover for this duration
+    latent_shape: tuple[int, int, int]  # (t, h, w)
+    batch_size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.aspect.replace(':', 'x')}_{self.duration:g}s_{self.fps}fps"
+
+
+def make_buckets(vae: CausalVideoVAE, patch_size, args) -> list[Bucket]:
+    """Every (aspect, duration, fps) of the arguments, with pixel and latent sizes and a batch size
+    that keeps the tokens per batch near those of --batch-size videos of the reference bucket."""
+    scale, ratio = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+
+    def geometry(aspect, duration, fps):
+        height, width = presets.resolution(aspect, args.quality)
+        latent_frames = vae.num_latent_frames(presets.num_frames(duration, fps))
+        latent_shape = (latent_frames, height // scale, width // scale)
+        tokens = math.prod(size // patch for size, patch in zip(latent_shape, patch_size))
+        return height, width, 1 + ratio * (latent_frames - 1), latent_shape, tokens
+
+    reference_tokens = geometry(*REFERENCE_BUCKET)[-1]
+    buckets = []
+    for aspect in args.aspects:
+        for duration in args.durations:
+            for fps in args.fps:
+                height, width, num_frames, latent_shape, tokens = geometry(aspect, duration, fps)
+                batch_size = max(1, round(args.batch_size * reference_tokens / tokens))
+                buckets.append(Bucket(aspect, duration, fps, height, width, num_frames, latent_shape, batch_size))
+    return buckets
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: world clips, latents, text
+# ------------------------------------------------------------------------------------------------
+
+
+def render_clip(bucket: Bucket, rng: np.random.Generator) -> tuple[world.Scene, np.ndarray]:
+    """A fresh scene and its frames, uint8 (T, H, W, 3), at a bucket's size, length and frame rate."""
+    scene = world.sample_scene(rng)
+    return scene, world.render(scene, bucket.height, bucket.width, bucket.num_frames, bucket.fps).frames
+
+
+class WorldBatches(torch.utils.data.IterableDataset):
+    """Endless batches of freshly rendered clips, one bucket per batch: (bucket index, frames uint8
+    (B, T, H, W, 3), captions). DataLoader workers render in parallel, each from its own seed."""
+
+    def __init__(self, buckets: list[Bucket], seed: list[int]):
+        self.buckets = buckets
+        self.seed = seed
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([*self.seed, worker.id if worker is not None else 0])
+        while True:
+            index = int(rng.integers(len(self.buckets)))
+            frames, captions = [], []
+            for _ in range(self.buckets[index].batch_size):
+                scene, clip = render_clip(self.buckets[index], rng)
+                frames.append(clip)
+                captions.append(world.training_caption(scene, rng))
+            yield index, np.stack(frames), captions
+
+
+@torch.no_grad()
+def encode_latents(vae: CausalVideoVAE, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (B, T, H, W, 3) -> diffusion-space latents (B, C, t, h, w): the posterior mean
+    normalised with the VAE's latent statistics, exactly what the pipeline decodes."""
+    mean, std = vae.latent_stats(vae.device, torch.float32)
+    video = frames.to(vae.device).to(vae.dtype).div(127.5).sub(1).movedim(-1, 1)  # (B, 3, T, H, W) in [-1, 1]; uint8 travels
+    return (vae.encode(video).latent_dist.mode().float() - mean) / std
+
+
+def vae_fingerprint(vae: CausalVideoVAE) -> str:
+    """A hash of the VAE's weights and latent statistics: latents, a latent cache and a trained
+    transformer belong to one VAE, and a retrained VAE must not be mixed with them silently."""
+    digest = hashlib.sha256(json.dumps([vae.config.latents_mean, vae.config.latents_std]).encode())
+    for name, tensor in vae.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class LatentCache:
+    """Latents of N clips per bucket, encoded once: runs/dit/latents/<bucket>.pt holds latents (fp16,
+    normalised, so fp16 keeps ~3 significant digits where they matter), the scenes as plain data
+    (captions are drawn fresh at every use, so an epoch also sees new wordings) and the VAE's
+    fingerprint. A file made by another VAE, or with fewer clips, is made again."""
+
+    def __init__(self, folder: Path, buckets: list[Bucket], clips_per_bucket: int, fingerprint: str):
+        self.folder = folder
+        self.buckets = buckets
+        self.clips_per_bucket = clips_per_bucket
+        self.fingerprint = fingerprint
+        self.latents: list[torch.Tensor] = []
+        self.scenes: list[list[world.Scene]] = []
+
+    def path(self, bucket: Bucket) -> Path:
+        return self.folder / f"{bucket.name}.pt"
+
+    def is_current(self, bucket: Bucket) -> bool:
+        if not self.path(bucket).exists():
+            return False
+        data = torch.load(self.path(bucket), map_location="cpu", weights_only=True)
+        return data["vae"] == self.fingerprint and data["latents"].shape[0] >= self.clips_per_bucket
+
+    def build(self, vae: CausalVideoVAE, seed: int, encode_batch: int, accelerator: Accelerator):
+        """Render and encode the missing bucket files, the buckets shared out between processes."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for index in range(accelerator.process_index, len(self.buckets), accelerator.num_processes):
+            bucket = self.buckets[index]
+            if self.is_current(bucket):
+                continue
+            started = time.time()
+            rng = np.random.default_rng([seed, index])  # a bucket's clips do not depend on the process count
+            scenes, latents = [], []
+            for start in range(0, self.clips_per_bucket, encode_batch):
+                clips = [render_clip(bucket, rng) for _ in range(min(encode_batch, self.clips_per_bucket - start))]
+                scenes += [scene.to_dict() for scene, _ in clips]
+                frames = torch.from_numpy(np.stack([frames for _, frames in clips]))
+                latents.append(encode_latents(vae, frames).half().cpu())
+            temp = self.path(bucket).with_suffix(".tmp")
+            torch.save({"latents": torch.cat(latents), "scenes": json.dumps(scenes), "vae": self.fingerprint}, temp)
+            os.replace(temp, self.path(bucket))  # a bucket file is whole or absent
+            print(f"latent cache: {bucket.name} ({self.clips_per_bucket} clips) in {time.time() - started:.0f} s", flush=True)
+
+    def load(self):
+        for bucket in self.buckets:
+            data = torch.load(self.path(bucket), map_location="cpu", weights_only=True)
+            self.latents.append(data["latents"][: self.clips_per_bucket])
+            self.scenes.append([world.Scene.from_dict(scene) for scene in json.loads(data["scenes"])[: self.clips_per_bucket]])
+
+    def sample(self, rng: np.random.Generator) -> tuple[int, torch.Tensor, list[str]]:
+        """(bucket index, latents (B, C, t, h, w) float, captions) of random cached clips of a random bucket."""
+        index = int(rng.integers(len(self.buckets)))
+        count = min(self.buckets[index].batch_size, self.clips_per_bucket)
+        clips = rng.choice(self.clips_per_bucket, size=count, replace=False)
+        captions = [world.training_caption(self.scenes[index][i], rng) for i in clips]
+        return index, self.latents[index][torch.from_numpy(clips)].float(), captions
+
+
+class TextStates:
+    """MiniLM token states (trimmed to the caption's tokens), mask and pooled vector per caption, in
+    an LRU dict: the empty caption comes every tenth video, cached clips' scenes every epoch."""
+
+    def __init__(self, tokenizer, text_encoder, size: int):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.size = size
+        self.cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def __call__(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(states (B, L, D), mask (B, L), pooled (B, D)), padded to the batch's longest caption;
+        the transformer masks padding, so this is the pipeline's padding to max_length, cheaper."""
+        missing = [caption for caption in dict.fromkeys(captions) if caption not in self.cache]
+        if missing:
+            tokens = self.tokenizer(missing, padding=True, max_length=self.text_encoder.config.max_length, truncation=True, return_tensors="pt")
+            states, pooled = self.text_encoder(tokens.input_ids.to(self.text_encoder.device), tokens.attention_mask.to(self.text_encoder.device))
+            for i, caption in enumerate(missing):
+                self.cache[caption] = (states[i, : int(tokens.attention_mask[i].sum())].float().cpu(), pooled[i].float().cpu())
+        for caption in captions:
+            self.cache.move_to_end(caption)
+        entries = [self.cache[caption] for caption in captions]
+        while len(self.cache) > self.size:
+            self.cache.popitem(last=False)
+        length = max(states.shape[0] for states, _ in entries)
+        states = torch.zeros(len(captions), length, entries[0][0].shape[1])
+        mask = torch.zeros(len(captions), length, dtype=torch.long)
+        for i, (caption_states, _) in enumerate(entries):
+            states[i, : caption_states.shape[0]] = caption_states
+            mask[i, : caption_states.shape[0]] = 1
+        pooled = torch.stack([pooled for _, pooled in entries])
+        return states.to(device), mask.to(device), pooled.to(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss
+# ------------------------------------------------------------------------------------------------
+
+
+def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args) -> tuple[torch.Tensor, dict]:
+    """Rectified-flow velocity MSE over the frames that are not clean context."""
+    batch, channels, frames = latents.shape[:3]
+    device = latents.device
+    # Noise level per video, logit-normal (SD3): most samples in the middle, where learning is hardest.
+    s = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(batch, device=device))  # (B,)
+    # Continuation: some videos keep their first k latent frames clean, 1 <= k <= T / 2.
+    context = torch.zeros(batch, dtype=torch.long, device=device)
+    if frames > 1:
+        k = torch.randint(1, frames // 2 + 1, (batch,), device=device)
+        context = torch.where(torch.rand(batch, device=device) < args.context_prob, k, context)
+    is_context = torch.arange(frames, device=device)[None] < context[:, None]  # (B, T)
+    sigma = s[:, None].expand(batch, frames).masked_fill(is_context, 0.0)  # (B, T): 0 on context frames
+
+    noise = torch.randn_like(latents)
+    sigma_5d = sigma[:, None, :, None, None]  # (B, 1, T, 1, 1)
+    noisy = (1 - sigma_5d) * latents + sigma_5d * noise  # exactly x0 on context frames
+    target = noise - latents
+    prediction = model(
+        hidden_states=noisy,
+        timestep=sigma * 1000,  # (B, T): diffusers' flow-matching timesteps are sigmas * 1000
+        encoder_hidden_states=text,
+        pooled_text=pooled,
+        encoder_attention_mask=text_mask,
+        frame_rate=frame_rate,
+        return_dict=False,
+    )[0]
+    weight = (~is_context)[:, None, :, None, None].float()  # (B, 1, T, 1, 1)
+    error = (prediction.float() - target).pow(2) * weight
+    loss = error.sum() / (weight.sum() * channels * latents.shape[3] * latents.shape[4])
+    return loss, {"context_frames": float(is_context.float().mean())}
+
+
+def learning_rate(step: int, args) -> float:
+    """Linear warm-up, then constant (as DiT trains) or, with --decay-steps, a cosine decay to a tenth."""
+    warmup = min(1.0, (step + 1) / args.warmup_steps)
+    if not args.decay_steps:
+        return args.lr * warmup
+    return args.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.decay_steps))))
+
+
+# ------------------------------------------------------------------------------------------------
+# Contact sheets
+# ------------------------------------------------------------------------------------------------
+
+
+def sample_scenes(count: int) -> list[world.Scene]:
+    """Fixed scenes for the contact sheets: the same prompts at every save of every run."""
+    rng = np.random.default_rng(SAMPLE_SEED)
+    return [world.sample_scene(rng) for _ in range(count)]
+
+
+def labelled_row(frames: np.ndarray, label: str, every: int, label_width: int = 240) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> one row: the label, then every `every`-th frame, 2x size."""
+    shown = np.concatenate([np.pad(f, ((2, 2), (2, 2), (0, 0))) for f in frames[::every]], axis=1)
+    shown = shown.repeat(2, axis=0).repeat(2, axis=1)
+    panel = Image.new("RGB", (label_width, shown.shape[0]), (255, 255, 255))
+    ImageDraw.Draw(panel).multiline_text((6, 4), "\n".join(textwrap.wrap(label, 38)[:8]), fill=(0, 0, 0))
+    return np.concatenate([np.asarray(panel), shown], axis=1)
+
+
+@torch.no_grad()
+def contact_sheet(pipe: TextToVideoPipeline, path: Path, args):
+    """A PNG of samples from fixed prompts at the reference bucket (the eval's), the last row
+    continuing the first scene from its true first frame."""
+    aspect, duration, fps = REFERENCE_BUCKET
+    height, width = presets.resolution(aspect, args.quality)
+    num_frames = presets.num_frames(duration, fps)
+    scenes = sample_scenes(args.sample_prompts)
+    calls = [(world.describe(scene), None, world.describe(scene)) for scene in scenes]
+    first_frame = world.render(scenes[0], height, width, 1, fps).frames  # (1, H, W, 3)
+    calls.append((world.describe(scenes[0]), first_frame, "first frame given: " + world.describe(scenes[0])))
+    rows = []
+    for index, (prompt, context, label) in enumerate(calls):
+        frames = pipe(
+            prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            frame_rate=fps,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            context=context,
+            generator=torch.Generator("cpu").manual_seed(SAMPLE_SEED + index),
+        ).frames[0]
+        rows.append(labelled_row((frames * 255).round().astype(np.uint8), label, every=max(1, num_frames // 8)))
+    width_px = max(row.shape[1] for row in rows)
+    sheet = np.concatenate([np.pad(row, ((0, 0), (0, width_px - row.shape[1]), (0, 0)), constant_values=255) for row in rows])
+    temp = path.with_suffix(".tmp.png")
+    Image.fromarray(sheet).save(temp)
+    os.replace(temp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and export
+# ------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, fingerprint: str):
+    temp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "args": vars(args),
+            "config": dict(model.config),
+            "vae": fingerprint,
+        },
+        temp,
+    )
+    os.replace(temp, path)  # a checkpoint is whole or absent, even if the run is killed mid-write
+
+
+def plain_config(config) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def export_transformer(run_dir: Path, model_dir: Path, args):
+    """Write the run's EMA transformer (fp16) into model_dir, and the sampling defaults: steps and
+    guidance into model_index.json, the shift into scheduler/. A model_dir that does not exist yet
+    starts as a copy of the folder the run trained from."""
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    if not (model_dir / "model_index.json").is_file():
+        shutil.copytree(checkpoint["args"]["model"], model_dir, dirs_exist_ok=True)
+    vae = CausalVideoVAE.from_pretrained(model_dir / "vae", torch_dtype=torch.float32)
+    if vae_fingerprint(vae) != checkpoint["vae"]:
+        raise ValueError(f"{model_dir / 'vae'} is not the VAE this transformer was trained with (fingerprint {checkpoint['vae']}); export into a folder with that VAE")
+
+    # 1. The transformer: written beside, then each file moved into place whole.
+    transformer = SpatioTemporalTransformer.from_config(plain_config(checkpoint["config"]))
+    transformer.load_state_dict(checkpoint["ema"])
+    with tempfile.TemporaryDirectory(dir=model_dir) as temp:
+        transformer.to(torch.float16).save_pretrained(temp, safe_serialization=True)
+        (model_dir / "transformer").mkdir(exist_ok=True)
+        for file in Path(temp).iterdir():
+            os.replace(file, model_dir / "transformer" / file.name)
+
+    # 2. Sampling defaults; an argument left out keeps the folder's value.
+    index_path = model_dir / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["default_num_inference_steps"] = args.steps if args.steps is not None else index.get("default_num_inference_steps", 20)
+    index["default_guidance_scale"] = args.guidance if args.guidance is not None else index.get("default_guidance_scale", 5.0)
+    temp_index = index_path.with_suffix(".tmp")
+    temp_index.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    os.replace(temp_index, index_path)
+    if args.shift is not None:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
+        FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=args.shift).save_pretrained(model_dir / "scheduler")
+
+    pipe = TextToVideoPipeline.from_pretrained(str(model_dir), dtype=torch.float32)  # the folder loads whole
+    summary = {
+        "exported": str(model_dir),
+        "step": checkpoint["step"],
+        "default_num_inference_steps": pipe.config.default_num_inference_steps,
+        "default_guidance_scale": pipe.config.default_guidance_scale,
+        "shift": pipe.scheduler.config.shift,
+    }
+    print(json.dumps(summary))
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace):
+    run_dir = Path(args.run_dir)
+    if args.export:
+        export_transformer(run_dir, Path(args.export), args)
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
+    torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    device = accelerator.device
+
+    # 1. Frozen parts from the model folder; the transformer from the checkpoint, a size, or the folder.
+    pipe = TextToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
+    vae = pipe.vae.to(device).eval().requires_grad_(False)
+    pipe.text_encoder.to(device)
+    fingerprint = vae_fingerprint(vae)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.exists() else None
+    torch.manual_seed(args.seed)  # a new transformer's initial weights
+    if checkpoint is not None:
+        model = SpatioTemporalTransformer.from_config(plain_config(checkpoint["config"]))
+        if checkpoint["vae"] != fingerprint:
+            accelerator.print(f"warning: {args.model}/vae is not the VAE this run started with; the transformer now learns other latents")
+    elif args.transformer_size:
+        model = transformer_from_size(args.transformer_size, in_channels=vae.config.latent_channels)
+    else:
+        model = pipe.transformer
+    model.train()
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    step = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
+        accelerator.print(f"resumed from step {step}")
+    model, optimizer = accelerator.prepare(model, optimizer)  # not the data: every process draws its own batches
+    ema.to(device)
+    # Contact sheets sample the EMA weights with the folder's defaults unless --steps/--guidance/--shift say otherwise.
+    scheduler = pipe.scheduler
+    if args.shift is not None:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=args.shift)
+    sampler = TextToVideoPipeline(
+        vae=vae,
+        transformer=ema,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=scheduler,
+        default_num_inference_steps=pipe.config.default_num_inference_steps,
+        default_guidance_scale=pipe.config.default_guidance_scale,
+    )
+    sampler.set_progress_bar_config(disable=True)
+    accelerator.print(f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device} x {accelerator.num_processes}")
+
+    # 2. Data: buckets; cached latents or clips rendered on the fly (seeded by the step and the
+    #    process, so a resumed run and every GPU see new clips).
+    buckets = make_buckets(vae, accelerator.unwrap_model(model).config.patch_size, args)
+    text_states = TextStates(pipe.tokenizer, pipe.text_encoder, args.text_cache)
+    rng = np.random.default_rng([args.seed, step, accelerator.process_index])
+    torch.manual_seed(args.seed + step + 1_000_003 * accelerator.process_index)
+    if args.cache_latents:
+        cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint)
+        cache.build(vae, args.seed, args.encode_batch, accelerator)
+        accelerator.wait_for_everyone()
+        cache.load()
+        batches = (cache.sample(rng) for _ in itertools.count())
+    else:
+        workers = args.workers if args.workers is not None else (min(8, (os.cpu_count() or 2) - 1) if torch.cuda.is_available() else 0)
+        dataset = WorldBatches(buckets, [args.seed, step, accelerator.process_index])
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available())
+        batches = ((index, encode_latents(vae, frames), captions) for index, frames, captions in loader)
+    accelerator.print(f"{len(buckets)} buckets, batch {min(b.batch_size for b in buckets)} to {max(b.batch_size for b in buckets)} videos")
+
+    # 3. Train for the time budget.
+    log = open(run_dir / "log.jsonl", "a") if accelerator.is_main_process else None
+    started = last_save = last_log = time.time()
+    steps_at_last_log = step
+    window = []
+
+    def save():
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, fingerprint)
+            if args.sample_prompts:
+                contact_sheet(sampler, run_dir / "contact_sheet.png", args)
+        accelerator.wait_for_everyone()
+
+    while True:
+        # Every process stops and saves at the same step (one that stopped alone would leave the
+        # others waiting in DDP's all-reduce): the clocks are read on all and agreed on.
+        out_of_time = time.time() - started >= args.minutes * 60 or (args.max_steps is not None and step >= args.max_steps)
+        flags = torch.tensor([out_of_time, time.time() - last_save >= args.save_minutes * 60], dtype=torch.float32, device=device)
+        done, save_due = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        if done:
+            break
+        if save_due:
+            save()
+            last_save = time.time()
+
+        index, latents, captions = next(batches)
+        latents = latents.to(device, non_blocking=True)
+        text, text_mask, pooled = text_states(captions, device)
+        frame_rate = torch.full((latents.shape[0],), float(buckets[index].fps), device=device)
+        lr = learning_rate(step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with accelerator.autocast():
+            loss, parts = flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(args.ema_decay, (1 + step) / (10 + step))  # a short EMA at first, so early samples mean something
+            for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
+        step += 1
+        window.append({"loss": loss.item(), "grad_norm": float(grad_norm), **parts})
+
+        if step % args.log_every == 0 and accelerator.is_main_process:
+            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            seconds_per_step = (time.time() - last_log) / (step - steps_at_last_log)
+            record = {"step": step, "minutes": round((time.time() - started) / 60, 2), "lr": lr, "sec_per_step": round(seconds_per_step, 3), **mean}
+            window, last_log, steps_at_last_log = [], time.time(), step
+            accelerator.print(json.dumps(record))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+    save()
+    accelerator.print(json.dumps({"step": step, "minutes": round((time.time() - started) / 60, 2), "saved": str(checkpoint_path)}))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/model", help="model folder: the VAE, MiniLM, scheduler (and the transformer to start from)")
+    parser.add_argument("--run-dir", default="runs/dit", help="checkpoints, logs, contact sheets, latent cache (git-ignored)")
+    parser.add_argument("--export", default=None, help="write the run's EMA transformer and sampling defaults into this model folder and stop")
+    parser.add_argument("--transformer-size", choices=list(TRANSFORMER_SIZES), default=None, help="start a new transformer of this size instead of the folder's")
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop at this step (counted over resumes)")
+    # data
+    parser.add_argument("--quality", choices=list(presets.QUALITY_PRESETS), default=presets.DEFAULT_QUALITY, help="resolution of the buckets")
+    parser.add_argument("--aspects", nargs="+", choices=list(presets.ASPECT_RATIOS), default=list(presets.ASPECT_RATIOS))
+    parser.add_argument("--durations", nargs="+", type=float, default=[1.0, 2.0, 3.0, 4.0], help="seconds")
+    parser.add_argument("--fps", nargs="+", type=int, choices=presets.FPS_CHOICES, default=list(presets.FPS_CHOICES))
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per batch at 16:9, 2 s, 15 fps; other buckets hold as many tokens")
+    parser.add_argument("--cache-latents", type=int, default=0, help="encode this many clips per bucket once and train on them (0: render every batch)")
+    parser.add_argument("--encode-batch", type=int, default=8, help="clips per VAE call while building the cache")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering clips (default: 0 on CPU, up to 8 with a GPU)")
+    parser.add_argument("--text-cache", type=int, default=4096, help="captions whose MiniLM states are kept")
+    # loss
+    parser.add_argument("--logit-mean", type=float, default=0.0, help="noise levels s = sigmoid(N(mean, std)), as SD3")
+    parser.add_argument("--logit-std", type=float, default=1.0)
+    parser.add_argument("--context-prob", type=float, default=0.3, help="share of videos whose first latent frames are clean context")
+    # optimisation
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--warmup-steps", type=int, default=250)
+    parser.add_argument("--decay-steps", type=int, default=0, help="cosine decay to lr / 10 over this many steps (0: constant after warm-up)")
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16", help="autocast; bf16 also helps on an AVX512-BF16 CPU (small, batch 8: 2.3 -> 1.9 s/step)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward: less memory, ~15%% more time on a CPU")
+    # logging, samples and export
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--save-minutes", type=float, default=10.0, help="checkpoint and contact sheet this often")
+    parser.add_argument("--sample-prompts", type=int, default=4, help="fixed prompts in the contact sheet, plus one continuation (0: no contact sheets)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps for contact sheets and the exported default (default: the folder's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale for contact sheets and the exported default (default: the folder's)")
+    parser.add_argument("--shift", type=float, default=None, help="scheduler shift for contact sheets and the export (default: the folder's)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
