@@ -45,8 +45,8 @@ def load_pipeline(model_dir: str | Path = DEFAULT_MODEL_DIR, device: str | None 
 
 
 def model_name(pipe: TextToVideoPipeline) -> str:
-    """A short name for the weights, stored in every recipe so a file says what made it."""
-    return Path(pipe.name_or_path or "ling-small").name if pipe.name_or_path else "ling-small"
+    """A short name for the weights (model_index.json's model_name), stored in every recipe."""
+    return pipe.config.model_name
 
 
 def generate_videos(

@@ -53,10 +53,13 @@ class TextToVideoPipeline(DiffusionPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
         default_num_inference_steps: int = 20,  # sampling defaults measured for these weights
         default_guidance_scale: float = 5.0,
+        model_name: str = "ling-small",  # what a video's recipe says made it
     ):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps, default_guidance_scale=default_guidance_scale)
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps, default_guidance_scale=default_guidance_scale, model_name=model_name
+        )
         self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._interrupt = False
 
