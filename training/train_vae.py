@@ -228,6 +228,10 @@ def main(args: argparse.Namespace):
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.exists() else None
     if checkpoint is not None:
         model = CausalVideoVAE.from_config({k: v for k, v in checkpoint["config"].items() if not k.startswith("_")})
+    elif args.init_from:
+        # A fresh machine has no run folder: go on from the weights a model folder ships
+        # (the optimizer state starts anew).
+        model = CausalVideoVAE.from_pretrained(Path(args.init_from) / "vae", torch_dtype=torch.float32)
     else:
         torch.manual_seed(args.seed)
         model = CausalVideoVAE(block_out_channels=tuple(args.channels), layers_per_block=args.layers_per_block, latent_channels=args.latent_channels)
@@ -303,20 +307,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/vae", help="checkpoints, logs and contact sheets (git-ignored)")
     parser.add_argument("--export", default=None, help="write the run's EMA VAE into this model folder and stop")
+    parser.add_argument("--init-from", default=None, help="with no checkpoint in --run-dir, start from this model folder's VAE (e.g. assets/model)")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--decay-steps", type=int, default=20000, help="steps over which the learning rate decays")
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="block_out_channels of a new model")
     parser.add_argument("--layers-per-block", type=int, default=2)
     parser.add_argument("--latent-channels", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-frames", type=int, default=9, help="1 + 4k frames per training crop")
-    parser.add_argument("--crop-size", type=int, default=32, help="pixels; crops are square")
+    parser.add_argument("--crop-size", type=int, default=64, help="pixels, square; 32 made the decoder invent objects on whole frames")
     parser.add_argument("--object-centred", type=float, default=0.8, help="share of crops centred near an object")
     parser.add_argument("--clip-frames", type=int, default=17)
     parser.add_argument("--buffer-clips", type=int, default=256)
     parser.add_argument("--refresh-per-step", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-4, help="2e-3 diverged in 30 steps with L1 in the loss")
+    parser.add_argument("--lr", type=float, default=5e-4, help="2e-3 stalled with L1 in the loss")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--object-weight", type=float, default=8.0, help="extra loss weight on (dilated) object pixels")
     parser.add_argument("--edge-weight", type=float, default=0.1, help="weight of the spatial-gradient L1 loss")
