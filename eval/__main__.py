@@ -8,15 +8,20 @@ compared with the structured scene their prompt was written from. Prompts and se
 two runs on the same machine print the same table.
 
 Rows: per-attribute accuracy on seen combinations, held-out combinations (WORLD.md), paraphrased
-prompts, two- and three-object prompts; temporal flicker on still scenes; stability of object area;
-how far moving objects travel; the VAE's reconstruction PSNR (whole frame, object pixels) and the
-analyzer's accuracy on VAE reconstructions of world clips; seconds per video.
+prompts, two- and three-object prompts, and whether the video shows exactly as many objects as the
+prompt names ("count": a noise video full of blobs scores well on attributes, since every prompt
+object finds some blob to pair with, but not on count); temporal flicker on still scenes; stability
+of object area; how far moving objects travel; how often bouncers are seen to fall and rebound; the
+same prompts in 16:9, 9:16 and 1:1 (shape accuracy and elongation: 1.0 is undistorted);
+continuation (the first second of a world clip given as context, the second second judged, beside
+the analyzer's own score on the true second second); the VAE's reconstruction PSNR (whole frame,
+object pixels) and the analyzer's accuracy on VAE reconstructions of world clips; seconds per video.
 """
 
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -55,17 +60,65 @@ def build_prompt_sets(quick: bool) -> list[PromptSet]:
     return sets
 
 
-def generate_frames(pipe, prompt: str, seed: int) -> np.ndarray:
-    height, width = presets.resolution(ASPECT, presets.DEFAULT_QUALITY)
+def generate_frames(pipe, prompt: str, seed: int, aspect: str = ASPECT, context: np.ndarray | None = None) -> np.ndarray:
+    height, width = presets.resolution(aspect, presets.DEFAULT_QUALITY)
     frames = pipe(
         prompt,
         height=height,
         width=width,
         num_frames=presets.num_frames(DURATION, FPS),
         frame_rate=FPS,
+        context=context,
         generator=torch.Generator("cpu").manual_seed(seed),
     ).frames[0]
     return (frames * 255).round().astype(np.uint8)  # (T, H, W, 3)
+
+
+# Still, medium objects: every world shape has equal second moments in all directions, so a video
+# drawn for the wrong frame shape shows up as elongation above 1.
+ASPECT_TEST_OBJECTS = (("red", "circle"), ("blue", "square"), ("white", "triangle"), ("orange", "star"))
+
+
+def aspect_rows(pipe, quick: bool) -> dict:
+    """Shape accuracy and median elongation of one still object, per aspect ratio."""
+    rng = np.random.default_rng(EVAL_SEED + 1)
+    rows = {}
+    objects = ASPECT_TEST_OBJECTS[:2] if quick else ASPECT_TEST_OBJECTS
+    scenes = [world.Scene((world.ObjectSpec(colour, shape),), background=str(rng.choice(["black", "navy", "sky", "grass"]))) for colour, shape in objects]
+    for aspect in ("16:9", "9:16", "1:1"):
+        shapes_right, elongations = [], []
+        for index, scene in enumerate(scenes):
+            analysis = analyze(generate_frames(pipe, world.describe(scene), EVAL_SEED + 100 + index, aspect), FPS)
+            verdict = match(analysis, scene)["objects"][0]
+            shapes_right.append(verdict["shape"])
+            if analysis.objects:  # the biggest object stands for the prompt's one
+                elongations.append(max(analysis.objects, key=lambda obj: np.nanmean(obj.areas)).elongation)
+        rows[f"shape_{aspect}"] = float(np.mean(shapes_right))
+        rows[f"elongation_{aspect}"] = float(np.median(elongations)) if elongations else None
+    return rows
+
+
+def continuation_rows(pipe, quick: bool) -> dict:
+    """Given the first second of a world clip (17 frames, the 1 + 4k the VAE takes) as context, how
+    often the video's second second (frames 15 to 29) keeps each object's colour and shape and goes
+    on with its motion; beside it, the analyzer's score on the true second second, its ceiling."""
+    rng = np.random.default_rng(EVAL_SEED + 2)
+    height, width = presets.resolution(ASPECT, presets.DEFAULT_QUALITY)
+    num_frames = presets.num_frames(DURATION, FPS)
+    generated: dict[str, list[bool]] = {}
+    truth: dict[str, list[bool]] = {}
+    for index in range(4 if quick else 10):
+        scene = world.sample_scene(rng, num_objects=1)
+        clip = world.render(scene, height, width, num_frames, FPS).frames
+        frames = generate_frames(pipe, world.describe(scene), EVAL_SEED + 200 + index, context=clip[:17])
+        for scores, video in ((generated, frames), (truth, clip)):
+            second_half = replace(scene, background_to=None)  # a fade is half done by then
+            verdict = match(analyze(video[FPS:], FPS), second_half)["objects"][0]
+            for attribute in ("colour", "shape", "motion"):
+                scores.setdefault(attribute, []).append(verdict[attribute])
+    rows = {f"continuation_{k}": float(np.mean(v)) for k, v in generated.items()}
+    rows.update({f"analyzer_on_true_second_second_{k}": float(np.mean(v)) for k, v in truth.items()})
+    return rows
 
 
 def flicker(frames: np.ndarray) -> float:
@@ -98,6 +151,7 @@ def score_set(prompt_set: PromptSet) -> dict:
             for attribute, ok in verdict.items():
                 counts.setdefault(attribute, []).append(ok)
         counts.setdefault("background", []).append(result["match"]["background"])
+        counts.setdefault("count", []).append(result["match"]["count"])
         colours_right = all(v["colour"] for v in result["match"]["objects"])
         counts.setdefault("all_colours", []).append(colours_right)
     return {name: float(np.mean(values)) for name, values in counts.items()}
@@ -133,29 +187,39 @@ def main(args: argparse.Namespace) -> dict:
     prompt_sets = build_prompt_sets(args.quick)
 
     # 1. Generate and analyze every prompt of every set.
-    seconds, flickers, area_cv, travel = [], [], [], []
+    seconds, flickers, area_cv, travel, bounced = [], [], [], [], []
     for prompt_set in prompt_sets:
         for index, (scene, prompt) in enumerate(zip(prompt_set.scenes, prompt_set.prompts)):
             started = time.perf_counter()
             frames = generate_frames(pipe, prompt, EVAL_SEED + index)
             seconds.append(time.perf_counter() - started)
             analysis = analyze(frames, FPS)
-            prompt_set.results.append({"prompt": prompt, "match": match(analysis, scene)})
+            verdict = match(analysis, scene)
+            prompt_set.results.append({"prompt": prompt, "match": verdict})
+            # The analyzer calls a path "bouncing" only if it falls at about gravity and rebounds.
+            bounced += [v["motion"] for obj, v in zip(scene.objects, verdict["objects"]) if obj.motion == "bouncing"]
             if all(obj.motion == "still" for obj in scene.objects) and scene.background_to is None:
                 flickers.append(flicker(frames))
             measures = object_measures(analysis, scene)
             area_cv += measures["area_cv"]
             travel += measures["travel"]
 
-    # 2. The VAE on world clips.
+    # 2. Aspect ratios and continuation.
+    aspects = aspect_rows(pipe, args.quick)
+    continuation = continuation_rows(pipe, args.quick)
+
+    # 3. The VAE on world clips.
     vae = vae_rows(pipe, num_clips=6 if args.quick else 24)
 
-    # 3. The table.
+    # 4. The table.
     table = {prompt_set.name: score_set(prompt_set) for prompt_set in prompt_sets}
     extras = {
         "flicker_still_scenes": float(np.mean(flickers)) if flickers else None,
         "object_area_cv": float(np.mean(area_cv)) if area_cv else None,
         "travel_frame_heights_2s": float(np.mean(travel)) if travel else None,
+        "bouncers_fall_and_rebound": float(np.mean(bounced)) if bounced else None,
+        **aspects,
+        **continuation,
         "seconds_per_video": float(np.mean(seconds)),
         **vae,
     }
@@ -168,7 +232,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def print_table(model: str, table: dict, extras: dict):
-    columns = ["colour", "shape", "size", "motion", "background", "all_colours"]
+    columns = ["colour", "shape", "size", "motion", "background", "all_colours", "count"]
     print(f"\n## Eval of {model} ({ASPECT}, {DURATION:g} s at {FPS} fps, {presets.DEFAULT_QUALITY} preset, fixed seeds)\n")
     print("| prompts | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
@@ -176,7 +240,8 @@ def print_table(model: str, table: dict, extras: dict):
         print(f"| {name} | " + " | ".join(f"{100 * scores[c]:.0f}%" if c in scores else "-" for c in columns) + " |")
     print("\n| measure | value |\n|---|---|")
     for name, value in extras.items():
-        shown = "-" if value is None else (f"{100 * value:.0f}%" if name.startswith("analyzer_") else f"{value:.3g}")
+        as_percent = name.startswith(("analyzer_", "shape_", "continuation_", "bouncers_"))
+        shown = "-" if value is None else (f"{100 * value:.0f}%" if as_percent else f"{value:.3g}")
         print(f"| {name} | {shown} |")
 
 

@@ -49,6 +49,7 @@ class AnalyzedObject:
     colour_to: str | None  # the colour it ends as, when that differs from its first colour
     trajectory: np.ndarray  # (T, 2) centre x, y in pixels; NaN where it was not seen
     areas: np.ndarray  # (T,) covered pixels; NaN where it was not seen
+    elongation: float = 1.0  # median over frames of its long / short axis; 1 for every undistorted shape
 
 
 @dataclass
@@ -77,6 +78,7 @@ class _Detection:
     alpha: np.ndarray  # (h, w) estimated coverage
     luma_share: float  # how much of the coverage signal is luma (full resolution) rather than chroma
     harmonics: dict[int, complex]  # k -> k-fold moment
+    elongation: float  # long / short axis of the coverage's second moments
 
 
 # --- 1. reading and the background ---------------------------------------------------------------
@@ -282,7 +284,23 @@ def _detect(t, frame, rows, labels, ys, xs, strength) -> _Detection | None:
     gy, gx = np.mgrid[y0:y1, x0:x1] + 0.5
     cx, cy = float((alpha * gx).sum() / area), float((alpha * gy).sum() / area)
     share = _luma_share(target, bg_centre)
-    return _Detection(t, rgb, bg_centre, cx, cy, area, (y0, x0), alpha, share, _harmonics(alpha, gx - cx, gy - cy))
+    harmonics = _harmonics(alpha, gx - cx, gy - cy)
+    return _Detection(t, rgb, bg_centre, cx, cy, area, (y0, x0), alpha, share, harmonics, _elongation(alpha, gx - cx, gy - cy))
+
+
+def _elongation(alpha, dx, dy) -> float:
+    """sqrt(largest / smallest eigenvalue) of the coverage's second moments.
+
+    Every shape of the world (circle, square, triangle, star) has the same second moment in every
+    direction, so this is 1 for any of them at any angle, and an image stretched by a factor f (a
+    frame drawn with the wrong aspect ratio) reads f.
+    """
+    w = np.clip(alpha, 0.0, None)
+    total = max(float(w.sum()), 1e-6)
+    xx, yy, xy = (w * dx * dx).sum() / total, (w * dy * dy).sum() / total, (w * dx * dy).sum() / total
+    spread = math.sqrt(((xx - yy) / 2) ** 2 + xy * xy)
+    middle = (xx + yy) / 2
+    return math.sqrt((middle + spread) / max(middle - spread, 1e-6))
 
 
 def _harmonics(alpha, dx, dy) -> dict[int, complex]:
@@ -592,6 +610,7 @@ def analyze(video: str | Path | np.ndarray, fps: float | None = None) -> Analysi
                 colour_to=colour_end if colour_end != colour else None,
                 trajectory=trajectory,
                 areas=areas,
+                elongation=float(np.median([d.elongation for d in seen])) if seen else 1.0,
             )
         )
     return Analysis(background, background_end if background_end != background else None, objects, fps, height, width)

@@ -150,10 +150,13 @@ def encode_latents(vae: CausalVideoVAE, frames: torch.Tensor) -> torch.Tensor:
 
 
 def vae_fingerprint(vae: CausalVideoVAE) -> str:
-    """A hash of the VAE's weights and latent statistics: latents, a latent cache and a trained
-    transformer belong to one VAE, and a retrained VAE must not be mixed with them silently."""
+    """A hash of what makes the latents: the encoder's weights and the latent statistics. Latents, a
+    latent cache and a trained transformer belong to one latent space, and a retrained encoder must
+    not be mixed with them silently. The decoder is left out on purpose: a decoder fine-tuned on a
+    frozen encoder (train_vae --freeze-encoder) decodes the same latents better, and the transformer
+    stays valid."""
     digest = hashlib.sha256(json.dumps([vae.config.latents_mean, vae.config.latents_std]).encode())
-    for name, tensor in vae.state_dict().items():
+    for name, tensor in vae.encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -488,7 +491,11 @@ def main(args: argparse.Namespace):
     torch.manual_seed(args.seed + step + 1_000_003 * accelerator.process_index)
     if args.cache_latents:
         cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint)
-        cache.build(vae, args.seed, args.encode_batch, accelerator)
+        # bf16 encodes 3x faster on a CPU and its latents differ from fp32 by under 1% of their std,
+        # far below the noise the transformer learns to remove.
+        encoder = copy.deepcopy(vae).to(torch.bfloat16) if args.encode_precision == "bf16" else vae
+        cache.build(encoder, args.seed, args.encode_batch, accelerator)
+        del encoder
         accelerator.wait_for_everyone()
         cache.load()
         batches = (cache.sample(rng) for _ in itertools.count())
@@ -573,6 +580,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="videos per batch at 16:9, 2 s, 15 fps; other buckets hold as many tokens")
     parser.add_argument("--cache-latents", type=int, default=0, help="encode this many clips per bucket once and train on them (0: render every batch)")
     parser.add_argument("--encode-batch", type=int, default=8, help="clips per VAE call while building the cache")
+    parser.add_argument("--encode-precision", choices=["fp32", "bf16"], default="bf16", help="VAE precision while building the cache")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering clips (default: 0 on CPU, up to 8 with a GPU)")
     parser.add_argument("--text-cache", type=int, default=4096, help="captions whose MiniLM states are kept")
     # loss

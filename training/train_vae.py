@@ -202,8 +202,11 @@ def export_vae(run_dir: Path, model_dir: Path):
     vae = CausalVideoVAE.from_config(config)
     vae.load_state_dict(checkpoint["ema"])
     vae.eval()
-    mean, std = latent_statistics(vae)
-    vae.register_to_config(latents_mean=mean, latents_std=std)
+    if not checkpoint["args"].get("freeze_encoder"):
+        # A frozen encoder keeps the latent space, statistics included, that a transformer was
+        # trained on; only a retrained encoder gets its statistics measured anew.
+        mean, std = latent_statistics(vae)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = reconstruction_metrics(vae)
     vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
     print(json.dumps({"exported": str(model_dir / "vae"), "step": checkpoint["step"], **metrics}))
@@ -235,8 +238,13 @@ def main(args: argparse.Namespace):
     else:
         torch.manual_seed(args.seed)
         model = CausalVideoVAE(block_out_channels=tuple(args.channels), layers_per_block=args.layers_per_block, latent_channels=args.latent_channels)
+    if args.freeze_encoder:
+        if checkpoint is None and not args.init_from:
+            raise ValueError("--freeze-encoder needs a trained encoder: give --init-from or resume a run")
+        model.encoder.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, best = 0, {}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -246,7 +254,7 @@ def main(args: argparse.Namespace):
         accelerator.print(f"resumed from step {step}")
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
-    accelerator.print(f"VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {accelerator.device}")
+    accelerator.print(f"VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained, on {accelerator.device}")
 
     # 2. Data: a rolling buffer of clips (seeded by the step so a resumed run sees new clips).
     rng = np.random.default_rng(args.seed + step)
@@ -269,7 +277,7 @@ def main(args: argparse.Namespace):
             loss, parts = reconstruction_loss(reconstruction.float(), video, mask, posterior, args)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        accelerator.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
@@ -314,6 +322,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="block_out_channels of a new model")
     parser.add_argument("--layers-per-block", type=int, default=2)
     parser.add_argument("--latent-channels", type=int, default=16)
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the decoder only: the latent space, and a transformer trained on it, stay valid",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-frames", type=int, default=9, help="1 + 4k frames per training crop")
     parser.add_argument("--crop-size", type=int, default=64, help="pixels, square; 32 made the decoder invent objects on whole frames")

@@ -1,0 +1,53 @@
+"""training/train_vae.py on a tiny VAE: --freeze-encoder trains the decoder alone, so the latent
+space (encoder weights and latent statistics) and the transformer fingerprint stay as they were."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.vae import CausalVideoVAE
+from training import train_dit, train_vae
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_freeze_encoder_trains_the_decoder_only_and_keeps_the_latent_space(tiny_pipe, tmp_path, capsys):
+    tiny_pipe.vae.register_to_config(latents_mean=[0.5] * tiny_pipe.vae.config.latent_channels, latents_std=[2.0] * tiny_pipe.vae.config.latent_channels)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    # fp16 like the bundled VAE, which the export writes back in fp16 bit for bit.
+    CausalVideoVAE.from_pretrained(tmp_path / "model" / "vae").to(torch.float16).save_pretrained(tmp_path / "model" / "vae")
+    before = CausalVideoVAE.from_pretrained(tmp_path / "model" / "vae")
+    args = ["--run-dir", str(tmp_path / "run"), "--init-from", str(tmp_path / "model"), "--freeze-encoder", "--max-steps", "3",
+            "--batch-size", "1", "--crop-size", "32", "--crop-frames", "5", "--buffer-clips", "4", "--refresh-per-step", "1",
+            "--eval-clips", "1", "--mixed-precision", "no", "--log-every", "1", "--lr", "1e-2"]  # fmt: skip
+    train_vae.main(train_vae.parse_args(args))
+    train_vae.export_vae(tmp_path / "run", tmp_path / "model")
+    after = CausalVideoVAE.from_pretrained(tmp_path / "model" / "vae")
+
+    for name, tensor in before.encoder.state_dict().items():
+        torch.testing.assert_close(after.encoder.state_dict()[name], tensor, msg=f"encoder weight {name} changed")
+    assert any(not torch.equal(after.decoder.state_dict()[n], t) for n, t in before.decoder.state_dict().items())
+    assert after.config.latents_mean == before.config.latents_mean and after.config.latents_std == before.config.latents_std
+    # The transformer's guard looks at what makes latents, so it accepts the fine-tuned decoder.
+    assert train_dit.vae_fingerprint(after) == train_dit.vae_fingerprint(before)
+    assert '"exported"' in capsys.readouterr().out
+
+
+def test_fingerprint_follows_the_encoder(tiny_pipe):
+    vae = tiny_pipe.vae
+    original = train_dit.vae_fingerprint(vae)
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(1.0)
+    assert train_dit.vae_fingerprint(vae) != original
+
+
+def test_freeze_encoder_needs_a_trained_encoder(tmp_path):
+    with pytest.raises(ValueError, match="--freeze-encoder"):
+        train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--freeze-encoder", "--max-steps", "1"]))
