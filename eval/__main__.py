@@ -60,7 +60,9 @@ def build_prompt_sets(quick: bool) -> list[PromptSet]:
     return sets
 
 
-def generate_frames(pipe, prompt: str, seed: int, aspect: str = ASPECT, context: np.ndarray | None = None) -> np.ndarray:
+def generate_frames(pipe, prompt: str, seed: int, aspect: str = ASPECT, context: np.ndarray | None = None, **sampling) -> np.ndarray:
+    """uint8 frames of the eval's bucket; `sampling` (num_inference_steps, guidance_scale) overrides
+    the folder's defaults."""
     height, width = presets.resolution(aspect, presets.DEFAULT_QUALITY)
     frames = pipe(
         prompt,
@@ -70,6 +72,7 @@ def generate_frames(pipe, prompt: str, seed: int, aspect: str = ASPECT, context:
         frame_rate=FPS,
         context=context,
         generator=torch.Generator("cpu").manual_seed(seed),
+        **sampling,
     ).frames[0]
     return (frames * 255).round().astype(np.uint8)  # (T, H, W, 3)
 
@@ -81,10 +84,10 @@ ASPECT_TEST_OBJECTS = (("red", "circle"), ("blue", "square"), ("white", "triangl
 
 def aspect_rows(pipe, quick: bool) -> dict:
     """Shape accuracy and median elongation of one still object, per aspect ratio."""
-    rng = np.random.default_rng(EVAL_SEED + 1)
     rows = {}
     objects = ASPECT_TEST_OBJECTS[:2] if quick else ASPECT_TEST_OBJECTS
-    scenes = [world.Scene((world.ObjectSpec(colour, shape),), background=str(rng.choice(["black", "navy", "sky", "grass"]))) for colour, shape in objects]
+    backgrounds = ("black", "navy", "sky", "gray")
+    scenes = [world.Scene((world.ObjectSpec(colour, shape),), background=background) for (colour, shape), background in zip(objects, backgrounds)]
     for aspect in ("16:9", "9:16", "1:1"):
         shapes_right, elongations = [], []
         for index, scene in enumerate(scenes):
@@ -223,7 +226,7 @@ def main(args: argparse.Namespace) -> dict:
         "seconds_per_video": float(np.mean(seconds)),
         **vae,
     }
-    print_table(args.model, table, extras)
+    print(format_table(args.model, table, extras))
     report = {"model": args.model, "sets": table, **extras}
     if args.json:
         with open(args.json, "w") as handle:
@@ -231,18 +234,20 @@ def main(args: argparse.Namespace) -> dict:
     return report
 
 
-def print_table(model: str, table: dict, extras: dict):
+def format_table(model: str, table: dict, extras: dict) -> str:
+    """The report as markdown: one table of accuracies per prompt set, one of the other measures."""
     columns = ["colour", "shape", "size", "motion", "background", "all_colours", "count"]
-    print(f"\n## Eval of {model} ({ASPECT}, {DURATION:g} s at {FPS} fps, {presets.DEFAULT_QUALITY} preset, fixed seeds)\n")
-    print("| prompts | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
+    lines = [f"\n## Eval of {model} ({ASPECT}, {DURATION:g} s at {FPS} fps, {presets.DEFAULT_QUALITY} preset, fixed seeds)\n"]
+    lines.append("| prompts | " + " | ".join(columns) + " |")
+    lines.append("|---|" + "---|" * len(columns))
     for name, scores in table.items():
-        print(f"| {name} | " + " | ".join(f"{100 * scores[c]:.0f}%" if c in scores else "-" for c in columns) + " |")
-    print("\n| measure | value |\n|---|---|")
+        lines.append(f"| {name} | " + " | ".join(f"{100 * scores[c]:.0f}%" if c in scores else "-" for c in columns) + " |")
+    lines.append("\n| measure | value |\n|---|---|")
     for name, value in extras.items():
         as_percent = name.startswith(("analyzer_", "shape_", "continuation_", "bouncers_"))
         shown = "-" if value is None else (f"{100 * value:.0f}%" if as_percent else f"{value:.3g}")
-        print(f"| {name} | {shown} |")
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -46,3 +46,33 @@ def test_eval_prints_the_whole_table(tmp_path, capsys):
     for scores in report["sets"].values():
         assert all(0.0 <= value <= 1.0 for value in scores.values())
     assert report["seconds_per_video"] > 0 and report["psnr"] > 0
+
+
+@pytest.mark.slow  # about a minute: the sweep's 2 settings x 7 prompts and the card's 8 videos
+def test_sweep_and_model_card(tmp_path, capsys):
+    import torch
+
+    from eval import model_card, sweep
+    from pipeline.pipeline_t2v import TextToVideoPipeline
+    from pipeline.transformer import transformer_from_size
+    from pipeline.vae import CausalVideoVAE
+
+    torch.manual_seed(0)
+    pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer_from_size("tiny"))
+    pipe.save_pretrained(tmp_path / "model")
+
+    rows = sweep.main(sweep.parse_args(["--model", str(tmp_path / "model"), "--steps", "2", "--guidance", "1", "3", "--shift", "2"]))
+    assert [(row["steps"], row["guidance"]) for row in rows] == [(2, 1.0), (2, 3.0)]
+    assert all(0.0 <= row["score"] <= 1.0 and row["seconds_per_video"] > 0 for row in rows)
+    assert "best: --steps 2" in capsys.readouterr().out
+
+    report = {"model": "tiny", "sets": {"seen": {"colour": 0.5}}, "seconds_per_video": 1.0}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    model_card.main(model_card.parse_args(["--model", str(tmp_path / "model"), "--eval-json", str(tmp_path / "eval.json")]))
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    for text in ("## Eval", "| seen | 50%", "![contact sheet](contact_sheet.png)", "a purple star moving left", "no training.json"):
+        assert text in card
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "model" / "contact_sheet.png")
+    assert sheet.height >= 8 * 64  # eight rows of 64p frames (shown at 2x)

@@ -38,6 +38,9 @@ def test_freeze_encoder_trains_the_decoder_only_and_keeps_the_latent_space(tiny_
     # The transformer's guard looks at what makes latents, so it accepts the fine-tuned decoder.
     assert train_dit.vae_fingerprint(after) == train_dit.vae_fingerprint(before)
     assert '"exported"' in capsys.readouterr().out
+    # The model card's record of what the weights went through.
+    (run,) = json.loads((tmp_path / "model" / "vae" / "training.json").read_text())
+    assert run["run"] == "run" and run["steps"] == 3 and run["args"]["freeze_encoder"] and run["hardware"]
 
 
 def test_fingerprint_follows_the_encoder(tiny_pipe):

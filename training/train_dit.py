@@ -56,7 +56,7 @@ from pipeline import presets
 from pipeline.pipeline_t2v import TextToVideoPipeline
 from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer, transformer_from_size
 from pipeline.vae import CausalVideoVAE
-from training import world
+from training import history, world
 
 SAMPLE_SEED = 2_000_000_007  # scenes and noise of the contact sheets; training seeds stay below
 REFERENCE_BUCKET = ("16:9", 2.0, 15)  # --batch-size is the batch of this bucket; the eval's bucket too
@@ -409,6 +409,9 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
     if args.shift is not None:
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler")
         FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=args.shift).save_pretrained(model_dir / "scheduler")
+
+    run_args = checkpoint["args"]
+    history.append_run(model_dir / "transformer", run_dir, checkpoint["step"], run_args, continued=not run_args.get("transformer_size"))
 
     pipe = TextToVideoPipeline.from_pretrained(str(model_dir), dtype=torch.float32)  # the folder loads whole
     summary = {

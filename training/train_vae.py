@@ -32,6 +32,7 @@ from PIL import Image
 
 from pipeline import presets
 from pipeline.vae import CausalVideoVAE
+from training import history
 from training.world import render, sample_scene
 
 EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; training seeds stay below
@@ -209,6 +210,8 @@ def export_vae(run_dir: Path, model_dir: Path):
         vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = reconstruction_metrics(vae)
     vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
+    run_args = checkpoint["args"]
+    history.append_run(model_dir / "vae", run_dir, checkpoint["step"], run_args, continued=bool(run_args.get("init_from") or run_args.get("freeze_encoder")))
     print(json.dumps({"exported": str(model_dir / "vae"), "step": checkpoint["step"], **metrics}))
 
 

@@ -1,0 +1,80 @@
+"""Choose the sampling defaults by measurement: the eval's seen and held-out prompts generated at
+every (steps, guidance, shift) asked for, read by the analyzer, one table row per setting.
+
+    python -m eval.sweep --model assets/model --steps 12 20 --guidance 3 5 8 --shift 1 3
+
+The score of a setting is the mean, over the prompts' objects, of colour, shape and motion being
+right, with background and object count per video counted alongside: a setting that paints extra
+blobs loses on count. Write the winner into the folder with
+`python -m training.train_dit --run-dir runs/dit --export assets/model --steps S --guidance G --shift X`.
+"""
+
+import argparse
+import itertools
+import json
+import time
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from eval.__main__ import EVAL_SEED, FPS, build_prompt_sets, generate_frames
+from eval.analyzer import analyze, match
+from pipeline.generate import load_pipeline
+
+
+def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float) -> dict:
+    """Accuracies and seconds per video of one sampling setting over (scene, prompt, seed) triples."""
+    agree: dict[str, list[bool]] = {}
+    started = time.perf_counter()
+    for scene, prompt, seed in prompts:
+        verdict = match(analyze(generate_frames(pipe, prompt, seed, num_inference_steps=steps, guidance_scale=guidance), FPS), scene)
+        for obj in verdict["objects"]:
+            for attribute in ("colour", "shape", "motion"):
+                agree.setdefault(attribute, []).append(obj[attribute])
+        agree.setdefault("background", []).append(verdict["background"])
+        agree.setdefault("count", []).append(verdict["count"])
+    scores = {name: float(np.mean(values)) for name, values in agree.items()}
+    scores["score"] = float(np.mean([scores[a] for a in ("colour", "shape", "motion", "background", "count")]))
+    scores["seconds_per_video"] = (time.perf_counter() - started) / len(prompts)
+    return scores
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    pipe = load_pipeline(args.model)
+    base = pipe.scheduler.config
+    prompt_sets = {s.name: s for s in build_prompt_sets(quick=True)}
+    prompts = [
+        (scene, prompt, EVAL_SEED + index)
+        for name in ("seen", "held_out")
+        for index, (scene, prompt) in enumerate(zip(prompt_sets[name].scenes, prompt_sets[name].prompts))
+    ]
+    rows = []
+    print("| steps | guidance | shift | colour | shape | motion | background | count | score | s/video |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for steps, guidance, shift in itertools.product(args.steps, args.guidance, args.shift):
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift)
+        row = {"steps": steps, "guidance": guidance, "shift": shift, **score_setting(pipe, prompts, steps, guidance)}
+        rows.append(row)
+        cells = [f"{100 * row[k]:.0f}%" for k in ("colour", "shape", "motion", "background", "count", "score")]
+        print(f"| {steps} | {guidance:g} | {shift:g} | " + " | ".join(cells) + f" | {row['seconds_per_video']:.1f} |", flush=True)
+    best = max(rows, key=lambda row: (row["score"], -row["steps"]))  # ties go to the faster setting
+    print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"model": args.model, "rows": rows, "best": best}, handle, indent=2)
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/model")
+    parser.add_argument("--steps", type=int, nargs="+", default=[12, 20])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0, 8.0])
+    parser.add_argument("--shift", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
