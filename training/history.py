@@ -33,14 +33,17 @@ def run_minutes(log_path: Path) -> float:
     return round(total + segment, 1)
 
 
-def append_run(component_dir: Path, run_dir: Path, step: int, args: dict, continued: bool, note: str = ""):
+def append_run(component_dir: Path, run_dir: Path, checkpoint: dict, continued: bool, note: str = ""):
+    """Record a run from its checkpoint (step, args, and the hardware it trained on, which may not be
+    the machine that exports it)."""
     path = component_dir / "training.json"
+    step, args = checkpoint["step"], checkpoint["args"]
     runs = json.loads(path.read_text()) if continued and path.exists() else []
     entry = {
         "run": Path(run_dir).name,
         "steps": step,
         "minutes": run_minutes(Path(run_dir) / "log.jsonl"),
-        "hardware": hardware(),
+        "hardware": checkpoint.get("hardware", hardware()),
         "exported": date.today().isoformat(),
         "args": {k: v for k, v in args.items() if k not in ("export", "run_dir")},
     }

@@ -368,6 +368,7 @@ def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, fingerpr
             "args": vars(args),
             "config": dict(model.config),
             "vae": fingerprint,
+            "hardware": history.hardware(),
         },
         temp,
     )
@@ -411,7 +412,7 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
         FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=args.shift).save_pretrained(model_dir / "scheduler")
 
     run_args = checkpoint["args"]
-    history.append_run(model_dir / "transformer", run_dir, checkpoint["step"], run_args, continued=not run_args.get("transformer_size"))
+    history.append_run(model_dir / "transformer", run_dir, checkpoint, continued=not run_args.get("transformer_size"))
 
     pipe = TextToVideoPipeline.from_pretrained(str(model_dir), dtype=torch.float32)  # the folder loads whole
     summary = {

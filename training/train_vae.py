@@ -192,7 +192,7 @@ def contact_sheet(vae: CausalVideoVAE, path: Path, num_clips: int = 4, num_frame
 
 def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, best: dict):
     temp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args), "best": best, "config": dict(model.config)}, temp)
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args), "best": best, "config": dict(model.config), "hardware": history.hardware()}, temp)
     os.replace(temp, path)  # a checkpoint is whole or absent, even if the run is killed mid-write
 
 
@@ -211,7 +211,7 @@ def export_vae(run_dir: Path, model_dir: Path):
     metrics = reconstruction_metrics(vae)
     vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
     run_args = checkpoint["args"]
-    history.append_run(model_dir / "vae", run_dir, checkpoint["step"], run_args, continued=bool(run_args.get("init_from") or run_args.get("freeze_encoder")))
+    history.append_run(model_dir / "vae", run_dir, checkpoint, continued=bool(run_args.get("init_from") or run_args.get("freeze_encoder")))
     print(json.dumps({"exported": str(model_dir / "vae"), "step": checkpoint["step"], **metrics}))
 
 
