@@ -154,3 +154,32 @@ def test_buckets_keep_tokens_per_batch_near_the_reference(tiny_vae):
     assert longest.num_frames == 121 and longest.batch_size == 2
     for bucket in buckets.values():
         assert (bucket.num_frames - 1) % 4 == 0
+
+
+def test_latent_object_mask_follows_the_causal_vae_grouping():
+    masks = np.zeros((9, 16, 24), bool)  # 1 + 4 * 2 frames -> 3 latent frames of 2 x 3 latents at 8x
+    masks[0, 0, 0] = True  # frame 0 alone makes latent frame 0
+    masks[3, 9, 17] = True  # frames 1-4 make latent frame 1
+    masks[8, 15, 23] = True  # frames 5-8 make latent frame 2
+    latent = train_dit.latent_object_mask(masks, temporal_ratio=4, spatial_ratio=8)
+    assert latent.shape == (1, 3, 2, 3)
+    expected = np.zeros((3, 2, 3), np.float32)
+    expected[0, 0, 0] = expected[1, 1, 2] = expected[2, 1, 2] = 1
+    assert np.array_equal(latent[0], expected)
+
+
+def test_object_weight_counts_object_latents_more():
+    torch.manual_seed(0)
+    latents = torch.zeros(1, 4, 2, 2, 2)
+    object_mask = torch.zeros(1, 1, 2, 2, 2)
+    object_mask[..., 0, 0] = 1  # a quarter of the latents cover an object
+    model = RecordingModel()
+    args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "3"])
+    torch.manual_seed(1)
+    loss, _ = train_dit.flow_matching_loss(model, latents, None, None, None, None, args, object_mask)
+    # The model predicts 0, so the error is the noise itself: recover it and weight by hand.
+    torch.manual_seed(1)
+    torch.randn(1), torch.randint(1, 2, (1,)), torch.rand(1)  # the draws before the noise: level, context length, context or not
+    noise = torch.randn_like(latents)
+    weight = 1 + 3 * object_mask
+    assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)

@@ -113,31 +113,43 @@ def make_buckets(vae: CausalVideoVAE, patch_size, args) -> list[Bucket]:
 # ------------------------------------------------------------------------------------------------
 
 
-def render_clip(bucket: Bucket, rng: np.random.Generator) -> tuple[world.Scene, np.ndarray]:
-    """A fresh scene and its frames, uint8 (T, H, W, 3), at a bucket's size, length and frame rate."""
+def render_clip(bucket: Bucket, rng: np.random.Generator) -> tuple[world.Scene, world.RenderedClip]:
+    """A fresh scene and its clip (frames uint8 (T, H, W, 3), object masks) at a bucket's size, length and frame rate."""
     scene = world.sample_scene(rng)
-    return scene, world.render(scene, bucket.height, bucket.width, bucket.num_frames, bucket.fps).frames
+    return scene, world.render(scene, bucket.height, bucket.width, bucket.num_frames, bucket.fps)
+
+
+def latent_object_mask(object_masks: np.ndarray, temporal_ratio: int, spatial_ratio: int) -> np.ndarray:
+    """Pixel object masks (1 + r(t-1), H, W) -> float (1, t, H / s, W / s): 1 where a latent covers
+    any object pixel. The causal VAE's first latent frame holds frame 0 alone, each later one the
+    next r frames."""
+    masks = torch.from_numpy(object_masks).float()
+    grouped = torch.cat([masks[:1], masks[1:].unflatten(0, (-1, temporal_ratio)).amax(1)])  # (t, H, W)
+    return torch.nn.functional.max_pool2d(grouped[:, None], spatial_ratio)[:, 0][None].numpy()
 
 
 class WorldBatches(torch.utils.data.IterableDataset):
     """Endless batches of freshly rendered clips, one bucket per batch: (bucket index, frames uint8
-    (B, T, H, W, 3), captions). DataLoader workers render in parallel, each from its own seed."""
+    (B, T, H, W, 3), captions, latent object masks (B, 1, t, h, w)). DataLoader workers render in
+    parallel, each from its own seed."""
 
-    def __init__(self, buckets: list[Bucket], seed: list[int]):
+    def __init__(self, buckets: list[Bucket], seed: list[int], compression: tuple[int, int]):
         self.buckets = buckets
         self.seed = seed
+        self.compression = compression  # (temporal, spatial) of the VAE
 
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([*self.seed, worker.id if worker is not None else 0])
         while True:
             index = int(rng.integers(len(self.buckets)))
-            frames, captions = [], []
+            frames, masks, captions = [], [], []
             for _ in range(self.buckets[index].batch_size):
                 scene, clip = render_clip(self.buckets[index], rng)
-                frames.append(clip)
+                frames.append(clip.frames)
+                masks.append(latent_object_mask(clip.object_masks, *self.compression))
                 captions.append(world.training_caption(scene, rng))
-            yield index, np.stack(frames), captions
+            yield index, np.stack(frames), captions, np.stack(masks)
 
 
 @torch.no_grad()
@@ -166,15 +178,18 @@ class LatentCache:
     """Latents of N clips per bucket, encoded once: runs/dit/latents/<bucket>.pt holds latents (fp16,
     normalised, so fp16 keeps ~3 significant digits where they matter), the scenes as plain data
     (captions are drawn fresh at every use, so an epoch also sees new wordings) and the VAE's
-    fingerprint. A file made by another VAE, or with fewer clips, is made again."""
+    fingerprint. A file made by another VAE, or with fewer clips, is made again. The latent object
+    masks of the loss are rendered again from the scenes when the cache is loaded (a few ms a clip)."""
 
-    def __init__(self, folder: Path, buckets: list[Bucket], clips_per_bucket: int, fingerprint: str):
+    def __init__(self, folder: Path, buckets: list[Bucket], clips_per_bucket: int, fingerprint: str, compression: tuple[int, int]):
         self.folder = folder
         self.buckets = buckets
         self.clips_per_bucket = clips_per_bucket
         self.fingerprint = fingerprint
+        self.compression = compression  # (temporal, spatial) of the VAE
         self.latents: list[torch.Tensor] = []
         self.scenes: list[list[world.Scene]] = []
+        self.object_masks: list[torch.Tensor] = []
 
     def path(self, bucket: Bucket) -> Path:
         return self.folder / f"{bucket.name}.pt"
@@ -198,7 +213,7 @@ class LatentCache:
             for start in range(0, self.clips_per_bucket, encode_batch):
                 clips = [render_clip(bucket, rng) for _ in range(min(encode_batch, self.clips_per_bucket - start))]
                 scenes += [scene.to_dict() for scene, _ in clips]
-                frames = torch.from_numpy(np.stack([frames for _, frames in clips]))
+                frames = torch.from_numpy(np.stack([clip.frames for _, clip in clips]))
                 latents.append(encode_latents(vae, frames).half().cpu())
             temp = self.path(bucket).with_suffix(".tmp")
             torch.save({"latents": torch.cat(latents), "scenes": json.dumps(scenes), "vae": self.fingerprint}, temp)
@@ -210,14 +225,20 @@ class LatentCache:
             data = torch.load(self.path(bucket), map_location="cpu", weights_only=True)
             self.latents.append(data["latents"][: self.clips_per_bucket])
             self.scenes.append([world.Scene.from_dict(scene) for scene in json.loads(data["scenes"])[: self.clips_per_bucket]])
+            masks = [
+                latent_object_mask(world.render(scene, bucket.height, bucket.width, bucket.num_frames, bucket.fps).object_masks, *self.compression)
+                for scene in self.scenes[-1]
+            ]
+            self.object_masks.append(torch.from_numpy(np.stack(masks)).half())
 
-    def sample(self, rng: np.random.Generator) -> tuple[int, torch.Tensor, list[str]]:
-        """(bucket index, latents (B, C, t, h, w) float, captions) of random cached clips of a random bucket."""
+    def sample(self, rng: np.random.Generator) -> tuple[int, torch.Tensor, list[str], torch.Tensor]:
+        """(bucket index, latents (B, C, t, h, w) float, captions, latent object masks (B, 1, t, h, w))
+        of random cached clips of a random bucket."""
         index = int(rng.integers(len(self.buckets)))
         count = min(self.buckets[index].batch_size, self.clips_per_bucket)
-        clips = rng.choice(self.clips_per_bucket, size=count, replace=False)
-        captions = [world.training_caption(self.scenes[index][i], rng) for i in clips]
-        return index, self.latents[index][torch.from_numpy(clips)].float(), captions
+        clips = torch.from_numpy(rng.choice(self.clips_per_bucket, size=count, replace=False))
+        captions = [world.training_caption(self.scenes[index][i], rng) for i in clips.tolist()]
+        return index, self.latents[index][clips].float(), captions, self.object_masks[index][clips].float()
 
 
 class TextStates:
@@ -259,8 +280,11 @@ class TextStates:
 # ------------------------------------------------------------------------------------------------
 
 
-def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args) -> tuple[torch.Tensor, dict]:
-    """Rectified-flow velocity MSE over the frames that are not clean context."""
+def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args, object_mask=None) -> tuple[torch.Tensor, dict]:
+    """Rectified-flow velocity MSE over the frames that are not clean context, weighted
+    1 + args.object_weight on latents that cover an object (object_mask (B, 1, T, H, W)): objects
+    are a few percent of a world clip, and an unweighted loss is content with the background long
+    before it draws them."""
     batch, channels, frames = latents.shape[:3]
     device = latents.device
     # Noise level per video, logit-normal (SD3): most samples in the middle, where learning is hardest.
@@ -286,9 +310,11 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
         frame_rate=frame_rate,
         return_dict=False,
     )[0]
-    weight = (~is_context)[:, None, :, None, None].float()  # (B, 1, T, 1, 1)
+    weight = (~is_context)[:, None, :, None, None].float().expand(-1, -1, -1, *latents.shape[3:])  # (B, 1, T, H, W)
+    if object_mask is not None and args.object_weight:
+        weight = weight * (1 + args.object_weight * object_mask)
     error = (prediction.float() - target).pow(2) * weight
-    loss = error.sum() / (weight.sum() * channels * latents.shape[3] * latents.shape[4])
+    loss = error.sum() / (weight.sum() * channels)
     return loss, {"context_frames": float(is_context.float().mean())}
 
 
@@ -494,7 +520,8 @@ def main(args: argparse.Namespace):
     rng = np.random.default_rng([args.seed, step, accelerator.process_index])
     torch.manual_seed(args.seed + step + 1_000_003 * accelerator.process_index)
     if args.cache_latents:
-        cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint)
+        compression = (vae.temporal_compression_ratio, vae.spatial_compression_ratio)
+        cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint, compression)
         # bf16 encodes 3x faster on a CPU and its latents differ from fp32 by under 1% of their std,
         # far below the noise the transformer learns to remove.
         encoder = copy.deepcopy(vae).to(torch.bfloat16) if args.encode_precision == "bf16" else vae
@@ -505,9 +532,9 @@ def main(args: argparse.Namespace):
         batches = (cache.sample(rng) for _ in itertools.count())
     else:
         workers = args.workers if args.workers is not None else (min(8, (os.cpu_count() or 2) - 1) if torch.cuda.is_available() else 0)
-        dataset = WorldBatches(buckets, [args.seed, step, accelerator.process_index])
+        dataset = WorldBatches(buckets, [args.seed, step, accelerator.process_index], (vae.temporal_compression_ratio, vae.spatial_compression_ratio))
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available())
-        batches = ((index, encode_latents(vae, frames), captions) for index, frames, captions in loader)
+        batches = ((index, encode_latents(vae, frames), captions, masks) for index, frames, captions, masks in loader)
     accelerator.print(f"{len(buckets)} buckets, batch {min(b.batch_size for b in buckets)} to {max(b.batch_size for b in buckets)} videos")
 
     # 3. Train for the time budget.
@@ -535,15 +562,15 @@ def main(args: argparse.Namespace):
             save()
             last_save = time.time()
 
-        index, latents, captions = next(batches)
-        latents = latents.to(device, non_blocking=True)
+        index, latents, captions, object_mask = next(batches)
+        latents, object_mask = latents.to(device, non_blocking=True), torch.as_tensor(object_mask).to(device, non_blocking=True)
         text, text_mask, pooled = text_states(captions, device)
         frame_rate = torch.full((latents.shape[0],), float(buckets[index].fps), device=device)
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with accelerator.autocast():
-            loss, parts = flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args)
+            loss, parts = flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args, object_mask)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -590,6 +617,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # loss
     parser.add_argument("--logit-mean", type=float, default=0.0, help="noise levels s = sigmoid(N(mean, std)), as SD3")
     parser.add_argument("--logit-std", type=float, default=1.0)
+    parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on latents that cover an object")
     parser.add_argument("--context-prob", type=float, default=0.3, help="share of videos whose first latent frames are clean context")
     # optimisation
     parser.add_argument("--lr", type=float, default=2e-4)
