@@ -51,6 +51,17 @@ def test_fingerprint_follows_the_encoder(tiny_pipe):
     assert train_dit.vae_fingerprint(vae) != original
 
 
+def test_fingerprint_ignores_the_sign_of_zero(tiny_pipe):
+    # fp16 underflow leaves -0.0 in a saved encoder; a frozen encoder's EMA writes it back as +0.0.
+    vae = tiny_pipe.vae
+    weight = next(vae.encoder.parameters())
+    with torch.no_grad():
+        weight.view(-1)[0] = -0.0
+        signed = train_dit.vae_fingerprint(vae)
+        weight.view(-1)[0] = 0.0
+    assert train_dit.vae_fingerprint(vae) == signed
+
+
 def test_freeze_encoder_needs_a_trained_encoder(tmp_path):
     with pytest.raises(ValueError, match="--freeze-encoder"):
         train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--freeze-encoder", "--max-steps", "1"]))

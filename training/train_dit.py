@@ -170,7 +170,9 @@ def vae_fingerprint(vae: CausalVideoVAE) -> str:
     digest = hashlib.sha256(json.dumps([vae.config.latents_mean, vae.config.latents_std]).encode())
     for name, tensor in vae.encoder.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        # "+ 0.0" turns -0.0 into +0.0: equal weights, different bytes. fp16 underflow leaves -0.0 in
+        # saved encoders, and the EMA of a frozen encoder (p + w * 0) writes them back as +0.0.
+        digest.update((tensor.detach().float().cpu() + 0.0).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
