@@ -63,11 +63,25 @@ def _screenshot_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def _set_slider(page, elem_id: str, value: int) -> None:
+    """Type a value into a slider's number box and wait until its range input agrees. On a loaded
+    machine the typed value was sometimes lost (the box re-rendered while the Advanced accordion
+    opened) and Generate sent the old one; type it again."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    for _ in range(3):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            page.wait_for_function(f"() => Number(document.querySelector('#{elem_id} input[type=range]').value) === {value}", timeout=10_000)
+            return
+        except Exception:  # playwright's TimeoutError: the value did not take
+            continue
+    raise AssertionError(f"the {elem_id} slider did not take {value} after three tries")
+
+
 def _set_steps(page, steps: int) -> None:
     page.locator("#advanced").get_by_text("Advanced").click()
-    box = page.locator("#steps input[type=number]")
-    box.fill(str(steps))
-    box.press("Enter")
+    _set_slider(page, "steps", steps)
 
 
 def _click_generate_until_running(page) -> None:
@@ -113,8 +127,7 @@ def test_generate_shows_a_live_preview_then_a_playable_video(page, tmp_path):
 def test_stop_ends_a_long_run_and_the_page_is_ready_again(page):
     page.locator("#prompt textarea").fill("a small white star spinning against a navy background")
     _set_steps(page, 100)
-    page.locator("#duration input[type=number]").fill("10")
-    page.locator("#duration input[type=number]").press("Enter")
+    _set_slider(page, "duration", 10)
     _click_generate_until_running(page)
     page.wait_for_function("() => /Step \\d+ of 100/.test(document.querySelector('#progress').innerText)")
     assert page.locator("#generate").is_disabled() and page.locator("#stop").is_enabled()
