@@ -285,7 +285,8 @@ def main(args: argparse.Namespace):
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
             for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
-                p_ema.lerp_(p.detach(), 1 - decay)
+                if p.requires_grad:  # a frozen encoder is left bit for bit (a lerp turns its -0.0 into +0.0)
+                    p_ema.lerp_(p.detach(), 1 - decay)
         step += 1
         window.append({"loss": loss.item(), **parts})
 
