@@ -65,3 +65,33 @@ def test_fingerprint_ignores_the_sign_of_zero(tiny_pipe):
 def test_freeze_encoder_needs_a_trained_encoder(tmp_path):
     with pytest.raises(ValueError, match="--freeze-encoder"):
         train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--freeze-encoder", "--max-steps", "1"]))
+
+
+def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patches(tiny_pipe, tmp_path):
+    # A 4x VAE keeps an 8-pixel object over four latent cells; the new transformer on it takes 4x4
+    # patches, so a token still covers 16x16 pixels and the token count of every bucket stays.
+    assert train_vae.spatial_downsamples(8, levels=3) == (True, True, False)
+    assert train_vae.spatial_downsamples(4, levels=3) == (True, False, False)
+    with pytest.raises(ValueError, match="--spatial-compression"):
+        train_vae.spatial_downsamples(32, levels=3)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    vae_args = ["--run-dir", str(tmp_path / "vae_run"), "--spatial-compression", "4", "--channels", "8", "16", "16",
+                "--layers-per-block", "1", "--max-steps", "1", "--batch-size", "1", "--crop-size", "32", "--crop-frames", "5",
+                "--buffer-clips", "4", "--refresh-per-step", "1", "--eval-clips", "1", "--mixed-precision", "no"]  # fmt: skip
+    train_vae.main(train_vae.parse_args(vae_args))
+    train_vae.export_vae(tmp_path / "vae_run", tmp_path / "model")
+    assert CausalVideoVAE.from_pretrained(tmp_path / "model" / "vae").spatial_compression_ratio == 4
+
+    dit_args = ["--model", str(tmp_path / "model"), "--run-dir", str(tmp_path / "dit_run"), "--transformer-size", "tiny",
+                "--aspects", "16:9", "--durations", "1", "--fps", "8", "--batch-size", "1", "--max-steps", "1",
+                "--sample-prompts", "0", "--mixed-precision", "no"]  # fmt: skip
+    train_dit.main(train_dit.parse_args(dit_args))
+    checkpoint = torch.load(tmp_path / "dit_run" / "checkpoint.pt", weights_only=False)
+    assert list(checkpoint["config"]["patch_size"]) == [1, 4, 4]
+    train_dit.main(train_dit.parse_args(["--run-dir", str(tmp_path / "dit_run"), "--export", str(tmp_path / "model"), "--steps", "1"]))
+    from pipeline.pipeline_t2v import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "model")
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a red ball", height=64, width=112, num_frames=5).frames
+    assert frames.shape == (1, 5, 64, 112, 3)

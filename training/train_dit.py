@@ -482,7 +482,10 @@ def main(args: argparse.Namespace):
         if checkpoint["vae"] != fingerprint:
             accelerator.print(f"warning: {args.model}/vae is not the VAE this run started with; the transformer now learns other latents")
     elif args.transformer_size:
-        model = transformer_from_size(args.transformer_size, in_channels=vae.config.latent_channels)
+        # A token covers presets.PIXEL_MULTIPLE pixels on a side whatever the VAE: a 4x VAE gets 4x4 patches,
+        # so a finer latent keeps small objects without making attention 4x longer.
+        patch = max(1, presets.PIXEL_MULTIPLE // vae.spatial_compression_ratio)
+        model = transformer_from_size(args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch))
     else:
         model = pipe.transformer
     model.train()

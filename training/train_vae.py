@@ -220,6 +220,14 @@ def export_vae(run_dir: Path, model_dir: Path):
 # ------------------------------------------------------------------------------------------------
 
 
+def spatial_downsamples(compression: int, levels: int) -> tuple[bool, ...]:
+    """down_spatial of a new VAE: the 2x2 pixel-unshuffle gives the first 2x, then one halving per level."""
+    halvings = compression.bit_length() - 2  # log2(compression) - 1
+    if halvings > levels:
+        raise ValueError(f"--spatial-compression {compression} needs {halvings} levels in --channels, got {levels}")
+    return tuple(level < halvings for level in range(levels))
+
+
 def main(args: argparse.Namespace):
     run_dir = Path(args.run_dir)
     if args.export:
@@ -240,7 +248,12 @@ def main(args: argparse.Namespace):
         model = CausalVideoVAE.from_pretrained(Path(args.init_from) / "vae", torch_dtype=torch.float32)
     else:
         torch.manual_seed(args.seed)
-        model = CausalVideoVAE(block_out_channels=tuple(args.channels), layers_per_block=args.layers_per_block, latent_channels=args.latent_channels)
+        model = CausalVideoVAE(
+            block_out_channels=tuple(args.channels),
+            layers_per_block=args.layers_per_block,
+            latent_channels=args.latent_channels,
+            down_spatial=spatial_downsamples(args.spatial_compression, levels=len(args.channels)),
+        )
     if args.freeze_encoder:
         if checkpoint is None and not args.init_from:
             raise ValueError("--freeze-encoder needs a trained encoder: give --init-from or resume a run")
@@ -326,6 +339,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="block_out_channels of a new model")
     parser.add_argument("--layers-per-block", type=int, default=2)
     parser.add_argument("--latent-channels", type=int, default=16)
+    parser.add_argument(
+        "--spatial-compression", type=int, choices=[2, 4, 8, 16], default=8,
+        help="pixels per latent cell along each side for a new model (4 keeps small objects; pair it with a transformer patch of 4)",
+    )
     parser.add_argument(
         "--freeze-encoder",
         action="store_true",
