@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from pipeline.pipeline_t2v import TextToVideoPipeline
 from pipeline.vae import CausalVideoVAE
 from training import train_dit, train_vae
 
@@ -89,8 +90,6 @@ def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patc
     checkpoint = torch.load(tmp_path / "dit_run" / "checkpoint.pt", weights_only=False)
     assert list(checkpoint["config"]["patch_size"]) == [1, 4, 4]
     train_dit.main(train_dit.parse_args(["--run-dir", str(tmp_path / "dit_run"), "--export", str(tmp_path / "model"), "--steps", "1"]))
-    from pipeline.pipeline_t2v import TextToVideoPipeline
-
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "model")
     pipe.set_progress_bar_config(disable=True)
     frames = pipe("a red ball", height=64, width=112, num_frames=5).frames

@@ -270,6 +270,8 @@ def main(args: argparse.Namespace):
         accelerator.print(f"resumed from step {step}")
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
+    # Only trained weights are averaged: a frozen encoder is left bit for bit (a lerp turns its -0.0 into +0.0).
+    ema_pairs = [(p_ema, p) for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()) if p.requires_grad]
     accelerator.print(f"VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained, on {accelerator.device}")
 
     # 2. Data: a rolling buffer of clips (seeded by the step so a resumed run sees new clips).
@@ -297,9 +299,8 @@ def main(args: argparse.Namespace):
         optimizer.step()
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
-                if p.requires_grad:  # a frozen encoder is left bit for bit (a lerp turns its -0.0 into +0.0)
-                    p_ema.lerp_(p.detach(), 1 - decay)
+            for p_ema, p in ema_pairs:
+                p_ema.lerp_(p.detach(), 1 - decay)
         step += 1
         window.append({"loss": loss.item(), **parts})
 
