@@ -624,8 +624,9 @@ def match(analysis: Analysis, scene: world.Scene) -> dict:
 
     Pairs are chosen to agree on the most attributes (colour counting double), since a generated
     video need not put objects where the renderer would. Returns {"background": bool,
-    "background_to": bool, "count": bool, "objects": [{attribute: bool, ...} per scene object]};
-    a scene object with no partner gets False for everything.
+    "background_to": bool, "count": bool, "objects": [{attribute: bool, ...} per scene object],
+    "partners": [index into analysis.objects, or None, per scene object]}; a scene object with no
+    partner gets False for everything.
     """
     truth = list(scene.objects)
     found = analysis.objects
@@ -649,4 +650,5 @@ def match(analysis: Analysis, scene: world.Scene) -> dict:
         "background_to": analysis.background_to == scene.background_to,
         "count": len(found) == len(truth),
         "objects": objects,
+        "partners": list(best),
     }

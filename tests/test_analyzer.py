@@ -94,6 +94,7 @@ def test_match_reports_what_disagrees():
     assert pairs[wrong.colour] == {"colour": True, "shape": False, "size": True, "motion": False, "colour_to": True}
     missing = analyzer.match(dataclasses.replace(analysis, objects=analysis.objects[:1]), scene)
     assert not missing["count"] and sum(all(o.values()) for o in missing["objects"]) == 1
+    assert sorted(missing["partners"], key=str) == [0, None]  # the object left has no partner
 
 
 def test_rejects_what_is_not_video():

@@ -20,6 +20,29 @@ def test_prompt_sets_are_fixed_and_respect_the_held_out_split():
     assert all(len(scene.objects) == 2 for scene in sets["two_objects"].scenes)
 
 
+def test_travel_counts_normal_speed_straight_movers_along_their_path():
+    from eval.__main__ import FPS, normal_speed_travel
+    from eval.analyzer import analyze, match
+    from pipeline import presets
+    from training import world
+
+    height, width = presets.resolution("16:9", "fast")
+    num_frames = presets.num_frames(2.0, FPS)
+
+    def travel(*objects):
+        scene = world.Scene(objects, background="black")
+        analysis = analyze(world.render(scene, height, width, num_frames, FPS).frames, FPS)
+        return normal_speed_travel(analysis, match(analysis, scene), scene)
+
+    # 0.35 frame heights a second for (num_frames - 1) / FPS seconds, reflections included.
+    expected = 0.35 * (num_frames - 1) / FPS
+    for motion in ("right", "up"):
+        (moved,) = travel(world.ObjectSpec("red", "circle", motion=motion))
+        assert moved == pytest.approx(expected, abs=0.12), motion
+    # Slow, quick and still objects are not what the bar is about.
+    assert travel(world.ObjectSpec("red", "circle", motion="left", speed="slowly"), world.ObjectSpec("blue", "square")) == []
+
+
 @pytest.mark.slow  # about a minute: ~20 generations and their analysis on a tiny model
 def test_eval_prints_the_whole_table(tmp_path, capsys):
 
@@ -37,7 +60,7 @@ def test_eval_prints_the_whole_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     for row in ("seen", "held_out", "paraphrased", "two_objects", "three_objects", "psnr_objects", "seconds_per_video", "analyzer_colour"):
         assert row in printed
-    for row in ("count", "shape_9:16", "elongation_1:1", "continuation_motion", "analyzer_on_true_second_second_colour"):
+    for row in ("count", "shape_9:16", "elongation_1:1", "continuation_motion", "analyzer_on_true_second_second_colour", "travel_normal_speed_2s_true_clips"):
         assert row in printed
     # The analyzer reads true world clips well even from their second second alone, so the
     # continuation rows measure the model, not the analyzer.
