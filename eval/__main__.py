@@ -2,6 +2,7 @@
 
     python -m eval --model assets/model          # the full table, a few minutes on a CPU
     python -m eval --model assets/model --quick  # fewer prompts, for a smoke check
+    python -m eval --model assets/next --vae-only --vae-clips 200  # a VAE alone (issue 3's bars)
 
 Every number comes from pixels: generated videos are read by the analyzer (eval/analyzer.py) and
 compared with the structured scene their prompt was written from. Prompts and seeds are fixed, so
@@ -23,6 +24,7 @@ of world clips; seconds per video.
 import argparse
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -31,6 +33,7 @@ import torch
 from eval.analyzer import analyze, match
 from pipeline import presets
 from pipeline.generate import load_pipeline
+from pipeline.vae import CausalVideoVAE
 from training import world
 from training.train_vae import reconstruction_metrics, render_world_clip, to_model_space
 
@@ -179,9 +182,8 @@ def score_set(prompt_set: PromptSet) -> dict:
 
 
 @torch.no_grad()
-def vae_rows(pipe, num_clips: int) -> dict:
+def vae_rows(vae, num_clips: int) -> dict:
     """Reconstruction PSNR and the analyzer's accuracy on VAE round trips of held-out world clips."""
-    vae = pipe.vae
     metrics = reconstruction_metrics(vae, num_clips=num_clips)
     agree: dict[str, list[bool]] = {}
     aspects = list(presets.ASPECT_RATIOS)
@@ -204,6 +206,8 @@ def vae_rows(pipe, num_clips: int) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads) if args.threads else None
+    if args.vae_only:
+        return vae_only(args)
     pipe = load_pipeline(args.model)
     prompt_sets = build_prompt_sets(args.quick)
 
@@ -234,7 +238,7 @@ def main(args: argparse.Namespace) -> dict:
     continuation = continuation_rows(pipe, args.quick)
 
     # 3. The VAE on world clips.
-    vae = vae_rows(pipe, num_clips=6 if args.quick else 24)
+    vae = vae_rows(pipe.vae, num_clips=args.vae_clips or (6 if args.quick else 24))
 
     # 4. The table.
     table = {prompt_set.name: score_set(prompt_set) for prompt_set in prompt_sets}
@@ -251,6 +255,21 @@ def main(args: argparse.Namespace) -> dict:
     }
     print(format_table(args.model, table, extras))
     report = {"model": args.model, "sets": table, **extras}
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+def vae_only(args: argparse.Namespace) -> dict:
+    """The VAE rows alone, for a VAE that no transformer has been trained on yet (a new latent space)."""
+    vae = CausalVideoVAE.from_pretrained(Path(args.model) / "vae", torch_dtype=torch.float32).eval()
+    rows = vae_rows(vae, num_clips=args.vae_clips or 24)
+    lines = [f"\n## VAE of {args.model} ({vae.spatial_compression_ratio}x space, {vae.temporal_compression_ratio}x time), {args.vae_clips or 24} held-out world clips\n"]
+    lines += ["| measure | value |", "|---|---|"]
+    lines += [f"| {name} | {100 * value:.0f}% |" if name.startswith("analyzer_") else f"| {name} | {value:.3g} |" for name, value in rows.items()]
+    print("\n".join(lines))
+    report = {"model": args.model, **rows}
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
@@ -279,6 +298,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="half the prompts and fewer VAE clips")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
+    parser.add_argument("--vae-only", action="store_true", help="only the VAE rows: for a VAE no transformer has been trained on")
+    parser.add_argument("--vae-clips", type=int, default=None, help="world clips of the VAE rows (default 24, 6 with --quick)")
     return parser.parse_args(argv)
 
 

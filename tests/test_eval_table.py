@@ -43,6 +43,20 @@ def test_travel_counts_normal_speed_straight_movers_along_their_path():
     assert travel(world.ObjectSpec("red", "circle", motion="left", speed="slowly"), world.ObjectSpec("blue", "square")) == []
 
 
+def test_vae_only_measures_a_vae_folder_with_no_transformer(tmp_path, capsys):
+    # A new latent space is judged before any transformer is trained on it: the folder holds a VAE alone.
+    import torch
+    from pipeline.vae import CausalVideoVAE
+
+    torch.manual_seed(0)
+    CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1).save_pretrained(tmp_path / "next" / "vae")
+    report = main(parse_args(["--model", str(tmp_path / "next"), "--vae-only", "--vae-clips", "2", "--json", str(tmp_path / "vae.json")]))
+    printed = capsys.readouterr().out
+    assert "8x space" in printed and "| psnr_objects |" in printed and "| analyzer_shape |" in printed
+    assert set(report) >= {"psnr", "psnr_objects", "analyzer_colour", "analyzer_shape", "analyzer_motion"}
+    assert json.loads((tmp_path / "vae.json").read_text()) == report
+
+
 @pytest.mark.slow  # about a minute: ~20 generations and their analysis on a tiny model
 def test_eval_prints_the_whole_table(tmp_path, capsys):
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.pipeline_t2v import TextToVideoPipeline
+from pipeline.transformer import SpatioTemporalTransformer
 from pipeline.vae import CausalVideoVAE
 from training import train_dit, train_vae
 
@@ -68,6 +69,28 @@ def test_freeze_encoder_needs_a_trained_encoder(tmp_path):
         train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--freeze-encoder", "--max-steps", "1"]))
 
 
+def test_a_4x_vae_and_its_transformer_start_from_the_8x_ones(tiny_pipe):
+    # Every layer but the dropped halving's convolutions carries over, and a token covers the same
+    # pixels, so the new transformer keeps every block and learns only its patch embedding and output.
+    vae_4x = train_vae.with_spatial_compression(tiny_pipe.vae, 4)
+    assert vae_4x.spatial_compression_ratio == 4
+    trained = tiny_pipe.vae.state_dict()
+    shared = {name: weight for name, weight in vae_4x.state_dict().items() if name in trained}
+    assert shared and all(torch.equal(weight, trained[name]) for name, weight in shared.items())
+    assert len(shared) == len(vae_4x.state_dict())  # the dropped convolution leaves nothing untrained
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    assert vae_4x.encode(video).latent_dist.mode().shape[-2:] == (8, 8)
+
+    old = tiny_pipe.transformer
+    new = SpatioTemporalTransformer.from_config(old.config, patch_size=(1, 4, 4))
+    report = train_dit.start_from_blocks(new, old)
+    assert "patch_embed" in report and "final_layer.linear" in report
+    for name, weight in new.blocks.state_dict().items():
+        assert torch.equal(weight, old.blocks.state_dict()[name]), name
+    with pytest.raises(ValueError, match="--transformer-size"):
+        train_dit.main(train_dit.parse_args(["--run-dir", "unused", "--init-transformer", "assets/model"]))
+
+
 def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patches(tiny_pipe, tmp_path):
     # A 4x VAE keeps an 8-pixel object over four latent cells; the new transformer on it takes 4x4
     # patches, so a token still covers 16x16 pixels and the token count of every bucket stays.
@@ -85,7 +108,7 @@ def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patc
 
     dit_args = ["--model", str(tmp_path / "model"), "--run-dir", str(tmp_path / "dit_run"), "--transformer-size", "tiny",
                 "--aspects", "16:9", "--durations", "1", "--fps", "8", "--batch-size", "1", "--max-steps", "1",
-                "--sample-prompts", "0", "--mixed-precision", "no"]  # fmt: skip
+                "--sample-prompts", "0", "--mixed-precision", "no", "--init-transformer", str(tmp_path / "model")]  # fmt: skip
     train_dit.main(train_dit.parse_args(dit_args))
     checkpoint = torch.load(tmp_path / "dit_run" / "checkpoint.pt", weights_only=False)
     assert list(checkpoint["config"]["patch_size"]) == [1, 4, 4]

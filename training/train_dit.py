@@ -403,6 +403,21 @@ def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, fingerpr
     os.replace(temp, path)  # a checkpoint is whole or absent, even if the run is killed mid-write
 
 
+def start_from_blocks(model: SpatioTemporalTransformer, trained: SpatioTemporalTransformer) -> str:
+    """Copy every weight of `trained` whose name and shape `model` shares; say what was left new.
+
+    A token covers the same pixels whatever the VAE's compression (see the patch size above), so a
+    transformer trained on one latent space hands its attention, MLP and conditioning layers to one
+    for another: only the patch embedding and the output projection, which speak latent channels,
+    start anew. The text binding and the world's motion need not be learnt again from noise.
+    """
+    target = model.state_dict()
+    kept = {name: weight for name, weight in trained.state_dict().items() if name in target and target[name].shape == weight.shape}
+    model.load_state_dict(kept, strict=False)
+    new = sorted({name.rsplit(".", 1)[0] for name in target if name not in kept})
+    return f"--init-transformer: {len(kept)} of {len(target)} tensors copied; new: {', '.join(new) or 'none'}"
+
+
 def plain_config(config) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -440,7 +455,7 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
         FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=args.shift).save_pretrained(model_dir / "scheduler")
 
     run_args = checkpoint["args"]
-    history.append_run(model_dir / "transformer", run_dir, checkpoint, continued=not run_args.get("transformer_size"))
+    history.append_run(model_dir / "transformer", run_dir, checkpoint, continued=not run_args.get("transformer_size") or bool(run_args.get("init_transformer")))
 
     pipe = TextToVideoPipeline.from_pretrained(str(model_dir), dtype=torch.float32)  # the folder loads whole
     summary = {
@@ -463,6 +478,8 @@ def main(args: argparse.Namespace):
     if args.export:
         export_transformer(run_dir, Path(args.export), args)
         return
+    if args.init_transformer and not args.transformer_size:
+        raise ValueError("--init-transformer starts a new transformer: give --transformer-size too")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
@@ -486,6 +503,8 @@ def main(args: argparse.Namespace):
         # so a finer latent keeps small objects without making attention 4x longer.
         patch = max(1, presets.PIXEL_MULTIPLE // vae.spatial_compression_ratio)
         model = transformer_from_size(args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch))
+        if args.init_transformer:
+            accelerator.print(start_from_blocks(model, SpatioTemporalTransformer.from_pretrained(Path(args.init_transformer) / "transformer")))
     else:
         model = pipe.transformer
     model.train()
@@ -606,6 +625,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-dir", default="runs/dit", help="checkpoints, logs, contact sheets, latent cache (git-ignored)")
     parser.add_argument("--export", default=None, help="write the run's EMA transformer and sampling defaults into this model folder and stop")
     parser.add_argument("--transformer-size", choices=list(TRANSFORMER_SIZES), default=None, help="start a new transformer of this size instead of the folder's")
+    parser.add_argument(
+        "--init-transformer", default=None,
+        help="with --transformer-size: start from the blocks of this model folder's transformer (trained on another VAE's latents)",
+    )
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
     parser.add_argument("--max-steps", type=int, default=None, help="stop at this step (counted over resumes)")
     # data

@@ -228,6 +228,23 @@ def spatial_downsamples(compression: int, levels: int) -> tuple[bool, ...]:
     return tuple(level < halvings for level in range(levels))
 
 
+def with_spatial_compression(trained: CausalVideoVAE, compression: int) -> CausalVideoVAE:
+    """A VAE like `trained` but with another spatial compression, starting from its weights.
+
+    Only the spatial down/upsampling convolutions of the dropped (or added) halvings differ; every
+    other layer keeps its trained weights, so colours, textures and the latent head are not learnt
+    again from noise. The latent statistics are measured anew at export.
+    """
+    config = {k: v for k, v in trained.config.items() if not k.startswith("_")}
+    config["down_spatial"] = spatial_downsamples(compression, levels=len(config["block_out_channels"]))
+    model = CausalVideoVAE.from_config(config)
+    target = model.state_dict()
+    kept = {name: weight for name, weight in trained.state_dict().items() if name in target and target[name].shape == weight.shape}
+    model.load_state_dict(kept, strict=False)
+    print(f"--spatial-compression {compression}: {len(kept)} of {len(target)} tensors from the {trained.spatial_compression_ratio}x VAE")
+    return model
+
+
 def main(args: argparse.Namespace):
     run_dir = Path(args.run_dir)
     if args.export:
@@ -246,13 +263,15 @@ def main(args: argparse.Namespace):
         # A fresh machine has no run folder: go on from the weights a model folder ships
         # (the optimizer state starts anew).
         model = CausalVideoVAE.from_pretrained(Path(args.init_from) / "vae", torch_dtype=torch.float32)
+        if args.spatial_compression is not None and args.spatial_compression != model.spatial_compression_ratio:
+            model = with_spatial_compression(model, args.spatial_compression)
     else:
         torch.manual_seed(args.seed)
         model = CausalVideoVAE(
             block_out_channels=tuple(args.channels),
             layers_per_block=args.layers_per_block,
             latent_channels=args.latent_channels,
-            down_spatial=spatial_downsamples(args.spatial_compression, levels=len(args.channels)),
+            down_spatial=spatial_downsamples(args.spatial_compression or 8, levels=len(args.channels)),
         )
     if args.freeze_encoder:
         if checkpoint is None and not args.init_from:
@@ -341,8 +360,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layers-per-block", type=int, default=2)
     parser.add_argument("--latent-channels", type=int, default=16)
     parser.add_argument(
-        "--spatial-compression", type=int, choices=[2, 4, 8, 16], default=8,
-        help="pixels per latent cell along each side for a new model (4 keeps small objects; pair it with a transformer patch of 4)",
+        "--spatial-compression", type=int, choices=[2, 4, 8, 16], default=None,
+        help="pixels per latent cell along each side (default 8, or the --init-from VAE's); 4 keeps small objects, "
+        "and with --init-from a VAE of another compression starts from its weights",
     )
     parser.add_argument(
         "--freeze-encoder",
