@@ -117,3 +117,25 @@ def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patc
     pipe.set_progress_bar_config(disable=True)
     frames = pipe("a red ball", height=64, width=112, num_frames=5).frames
     assert frames.shape == (1, 5, 64, 112, 3)
+
+
+def test_adversarial_critic_trains_and_resumes_with_the_run(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    args = ["--run-dir", str(tmp_path / "run"), "--init-from", str(tmp_path / "model"), "--adversarial-weight", "0.5",
+            "--adversarial-start", "1", "--batch-size", "1", "--crop-size", "32", "--crop-frames", "5", "--buffer-clips", "4",
+            "--refresh-per-step", "1", "--eval-clips", "1", "--mixed-precision", "no", "--log-every", "1"]  # fmt: skip
+    train_vae.main(train_vae.parse_args([*args, "--max-steps", "2"]))
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "critic" not in logged[0] and "critic" in logged[1] and "generator" in logged[1]  # joins at --adversarial-start
+    train_vae.main(train_vae.parse_args([*args, "--max-steps", "3"]))
+    second = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert second["step"] == 3
+    changed = [not torch.equal(second["discriminator"][k], v) for k, v in first["discriminator"].items()]
+    assert any(changed)  # the critic resumed and went on learning
+
+
+def test_critic_scores_patches_of_every_frame():
+    critic = train_vae.FrameDiscriminator()
+    scores = critic(torch.rand(2, 3, 5, 64, 64))
+    assert scores.shape[0] == 10 and scores.shape[1] == 1 and scores.shape[-1] > 1

@@ -10,7 +10,8 @@ One script for one CPU, one GPU or many (accelerate). What it does, top to botto
 2. Training samples are random crops of 1 + 4k frames, most of them centred near an object: the
    objects are a few percent of the pixels, and a crop of sky teaches nothing about stars.
 3. The loss keeps small objects and exact colours: L1 + MSE with a heavy weight on (dilated) object
-   pixels, plus an L1 loss on spatial gradients so edges and corners stay sharp, plus a small KL.
+   pixels, plus an L1 loss on spatial gradients so edges and corners stay sharp, plus a small KL;
+   optionally (--adversarial-weight) a patch critic, which L1 and MSE lack, against blurred points.
 4. An EMA of the weights is what gets evaluated and exported.
 5. Every few minutes: a checkpoint (model, EMA, optimizer, step, args), a log line, a contact sheet
    of reconstructions, and the reconstruction PSNR on held-out clips (whole frame and object pixels).
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
+from einops import rearrange
 from PIL import Image
 
 from pipeline import presets
@@ -128,6 +131,45 @@ def reconstruction_loss(reconstruction, target, object_mask, posterior, args) ->
     return loss, {"pixel": pixel.item(), "edge": edge.item(), "kl": kl.item()}
 
 
+class FrameDiscriminator(nn.Module):
+    """A small PatchGAN on single frames: one real/fake score per ~30-pixel patch.
+
+    L1 and MSE are content with the average of every plausible edge, so a star's points come back as
+    a round blob; a critic of local patches is the usual cure (taming-transformers, SD's VAE). It sees
+    frames, not clips: sharpness is a per-frame property and 2D convolutions are cheap on a CPU.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128)):
+        super().__init__()
+        layers, previous = [], 3
+        for index, width in enumerate(channels):
+            stride = 2 if index < len(channels) - 1 else 1
+            layers += [nn.Conv2d(previous, width, 4, stride=stride, padding=1), nn.GroupNorm(8, width) if index else nn.Identity(), nn.LeakyReLU(0.2)]
+            previous = width
+        layers.append(nn.Conv2d(previous, 1, 4, padding=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.layers(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, 1, h', w') scores
+
+
+def discriminator_loss(discriminator: FrameDiscriminator, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Hinge loss: real patches above +1, reconstructed ones below -1."""
+    real, fake = discriminator(target), discriminator(reconstruction.detach())
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def adversarial_term(discriminator, reconstruction, reconstruction_loss_value, last_layer_weight, weight: float) -> tuple[torch.Tensor, float]:
+    """The generator's adversarial loss, scaled so its gradient at the decoder's last layer is
+    `weight` times the reconstruction loss's there (taming-transformers' adaptive weight): the critic
+    sharpens edges without ever outvoting the pixels."""
+    generator_loss = -discriminator(reconstruction).mean()
+    reconstruction_grad = torch.autograd.grad(reconstruction_loss_value, last_layer_weight, retain_graph=True)[0]
+    generator_grad = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
+    scale = (reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)).clamp(max=1e4).detach()
+    return weight * scale * generator_loss, generator_loss.item()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """PSNR in dB of videos in [-1, 1] (computed on the [0, 1] scale), optionally on masked pixels only."""
     squared = ((a - b) / 2).pow(2)
@@ -190,9 +232,12 @@ def contact_sheet(vae: CausalVideoVAE, path: Path, num_clips: int = 4, num_frame
 # ------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, best: dict):
+def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, best: dict, critic: tuple | None = None):
     temp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args), "best": best, "config": dict(model.config), "hardware": history.hardware()}, temp)
+    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args), "best": best, "config": dict(model.config), "hardware": history.hardware()}
+    if critic is not None:
+        state["discriminator"], state["discriminator_optimizer"] = critic[0].state_dict(), critic[1].state_dict()
+    torch.save(state, temp)
     os.replace(temp, path)  # a checkpoint is whole or absent, even if the run is killed mid-write
 
 
@@ -287,6 +332,14 @@ def main(args: argparse.Namespace):
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, best = checkpoint["step"], checkpoint.get("best", {})
         accelerator.print(f"resumed from step {step}")
+    critic = None
+    if args.adversarial_weight > 0:
+        discriminator = FrameDiscriminator()
+        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.5, 0.9))
+        if checkpoint is not None and "discriminator" in checkpoint:
+            discriminator.load_state_dict(checkpoint["discriminator"])
+            discriminator_optimizer.load_state_dict(checkpoint["discriminator_optimizer"])
+        critic = accelerator.prepare(discriminator, discriminator_optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
     # Only trained weights are averaged: a frozen encoder is left bit for bit (a lerp turns its -0.0 into +0.0).
@@ -309,13 +362,27 @@ def main(args: argparse.Namespace):
         lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.decay_steps))))
         for group in optimizer.param_groups:
             group["lr"] = lr
+        adversarial = critic is not None and step >= args.adversarial_start
         with accelerator.autocast():
             reconstruction, posterior = model(video)
             loss, parts = reconstruction_loss(reconstruction.float(), video, mask, posterior, args)
+            if adversarial:
+                last_layer = accelerator.unwrap_model(model).decoder.conv_out.temporal.weight
+                generator_term, parts["generator"] = adversarial_term(critic[0], reconstruction.float(), loss, last_layer, args.adversarial_weight)
+                loss = loss + generator_term
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trained, 1.0)
         optimizer.step()
+        if adversarial:
+            for group in critic[1].param_groups:
+                group["lr"] = lr
+            with accelerator.autocast():
+                critic_loss = discriminator_loss(critic[0], reconstruction.float(), video)
+            critic[1].zero_grad(set_to_none=True)
+            accelerator.backward(critic_loss)
+            critic[1].step()
+            parts["critic"] = critic_loss.item()
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
             for p_ema, p in ema_pairs:
@@ -340,9 +407,9 @@ def main(args: argparse.Namespace):
             accelerator.print(json.dumps(record))
             log.write(json.dumps(record) + "\n")
             log.flush()
-            save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best)
+            save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best, critic)
 
-    save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best)
+    save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best, critic)
     metrics = reconstruction_metrics(ema, num_clips=args.eval_clips)
     contact_sheet(ema, run_dir / "contact_sheet.png")
     accelerator.print(json.dumps({"step": step, "final_eval": metrics}))
@@ -381,6 +448,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--object-weight", type=float, default=8.0, help="extra loss weight on (dilated) object pixels")
     parser.add_argument("--edge-weight", type=float, default=0.1, help="weight of the spatial-gradient L1 loss")
     parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument(
+        "--adversarial-weight", type=float, default=0.0,
+        help="weight of a patch critic's loss relative to the reconstruction loss (0: none); sharpens star points and corners",
+    )
+    parser.add_argument("--adversarial-start", type=int, default=0, help="step (counted over resumes) at which the critic joins in")
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16")
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--save-minutes", type=float, default=5.0)
