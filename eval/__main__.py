@@ -24,8 +24,8 @@ of world clips; seconds per video.
 import argparse
 import json
 import time
-from pathlib import Path
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -254,9 +254,12 @@ def main(args: argparse.Namespace) -> dict:
         **vae,
     }
     print(format_table(args.model, table, extras))
-    report = {"model": args.model, "sets": table, **extras}
-    if args.json:
-        with open(args.json, "w") as handle:
+    return write_report({"model": args.model, "sets": table, **extras}, args.json)
+
+
+def write_report(report: dict, path: str | None) -> dict:
+    if path:
+        with open(path, "w") as handle:
             json.dump(report, handle, indent=2)
     return report
 
@@ -264,16 +267,11 @@ def main(args: argparse.Namespace) -> dict:
 def vae_only(args: argparse.Namespace) -> dict:
     """The VAE rows alone, for a VAE that no transformer has been trained on yet (a new latent space)."""
     vae = CausalVideoVAE.from_pretrained(Path(args.model) / "vae", torch_dtype=torch.float32).eval()
-    rows = vae_rows(vae, num_clips=args.vae_clips or 24)
-    lines = [f"\n## VAE of {args.model} ({vae.spatial_compression_ratio}x space, {vae.temporal_compression_ratio}x time), {args.vae_clips or 24} held-out world clips\n"]
-    lines += ["| measure | value |", "|---|---|"]
-    lines += [f"| {name} | {100 * value:.0f}% |" if name.startswith("analyzer_") else f"| {name} | {value:.3g} |" for name, value in rows.items()]
-    print("\n".join(lines))
-    report = {"model": args.model, **rows}
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-    return report
+    num_clips = args.vae_clips or 24
+    rows = vae_rows(vae, num_clips=num_clips)
+    print(f"\n## VAE of {args.model} ({vae.spatial_compression_ratio}x space, {vae.temporal_compression_ratio}x time), {num_clips} held-out world clips\n")
+    print(format_measures(rows))
+    return write_report({"model": args.model, **rows}, args.json)
 
 
 def format_table(model: str, table: dict, extras: dict) -> str:
@@ -284,8 +282,14 @@ def format_table(model: str, table: dict, extras: dict) -> str:
     lines.append("|---|" + "---|" * len(columns))
     for name, scores in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * scores[c]:.0f}%" if c in scores else "-" for c in columns) + " |")
-    lines.append("\n| measure | value |\n|---|---|")
-    for name, value in extras.items():
+    lines.append("\n" + format_measures(extras))
+    return "\n".join(lines)
+
+
+def format_measures(measures: dict) -> str:
+    """Single-number measures as a markdown table: accuracies in percent, the rest to 3 digits."""
+    lines = ["| measure | value |", "|---|---|"]
+    for name, value in measures.items():
         as_percent = name.startswith(("analyzer_", "shape_", "continuation_", "bouncers_"))
         shown = "-" if value is None else (f"{100 * value:.0f}%" if as_percent else f"{value:.3g}")
         lines.append(f"| {name} | {shown} |")

@@ -13,6 +13,18 @@ from pipeline.transformer import TRANSFORMER_SIZES, transformer_from_size
 from pipeline.vae import CausalVideoVAE
 
 
+def copy_matching_weights(model: torch.nn.Module, source: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Load into `model` every weight of `source` with the same name and shape; return what was copied.
+
+    How a model of a changed layout (another VAE compression, another transformer patch) starts
+    from a trained one instead of from noise.
+    """
+    target = model.state_dict()
+    kept = {name: weight for name, weight in source.state_dict().items() if name in target and target[name].shape == weight.shape}
+    model.load_state_dict(kept, strict=False)
+    return kept
+
+
 def save_fp16(pipe, out_dir: str) -> None:
     """Save a pipeline with its trained parts in fp16 (half the bytes; loading upcasts to fp32)."""
     pipe.vae.to(torch.float16)

@@ -57,6 +57,7 @@ from pipeline.pipeline_t2v import TextToVideoPipeline
 from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer, transformer_from_size
 from pipeline.vae import CausalVideoVAE
 from training import history, world
+from training.init_model import copy_matching_weights
 
 SAMPLE_SEED = 2_000_000_007  # scenes and noise of the contact sheets; training seeds stay below
 REFERENCE_BUCKET = ("16:9", 2.0, 15)  # --batch-size is the batch of this bucket; the eval's bucket too
@@ -412,8 +413,7 @@ def start_from_blocks(model: SpatioTemporalTransformer, trained: SpatioTemporalT
     start anew. The text binding and the world's motion need not be learnt again from noise.
     """
     target = model.state_dict()
-    kept = {name: weight for name, weight in trained.state_dict().items() if name in target and target[name].shape == weight.shape}
-    model.load_state_dict(kept, strict=False)
+    kept = copy_matching_weights(model, trained)
     new = sorted({name.rsplit(".", 1)[0] for name in target if name not in kept})
     return f"--init-transformer: {len(kept)} of {len(target)} tensors copied; new: {', '.join(new) or 'none'}"
 

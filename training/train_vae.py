@@ -36,6 +36,7 @@ from PIL import Image
 from pipeline import presets
 from pipeline.vae import CausalVideoVAE
 from training import history
+from training.init_model import copy_matching_weights
 from training.world import render, sample_scene
 
 EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; training seeds stay below
@@ -283,10 +284,8 @@ def with_spatial_compression(trained: CausalVideoVAE, compression: int) -> Causa
     config = {k: v for k, v in trained.config.items() if not k.startswith("_")}
     config["down_spatial"] = spatial_downsamples(compression, levels=len(config["block_out_channels"]))
     model = CausalVideoVAE.from_config(config)
-    target = model.state_dict()
-    kept = {name: weight for name, weight in trained.state_dict().items() if name in target and target[name].shape == weight.shape}
-    model.load_state_dict(kept, strict=False)
-    print(f"--spatial-compression {compression}: {len(kept)} of {len(target)} tensors from the {trained.spatial_compression_ratio}x VAE")
+    kept = copy_matching_weights(model, trained)
+    print(f"--spatial-compression {compression}: {len(kept)} of {len(model.state_dict())} tensors from the {trained.spatial_compression_ratio}x VAE")
     return model
 
 
@@ -365,10 +364,11 @@ def main(args: argparse.Namespace):
         adversarial = critic is not None and step >= args.adversarial_start
         with accelerator.autocast():
             reconstruction, posterior = model(video)
-            loss, parts = reconstruction_loss(reconstruction.float(), video, mask, posterior, args)
+            reconstruction = reconstruction.float()
+            loss, parts = reconstruction_loss(reconstruction, video, mask, posterior, args)
             if adversarial:
                 last_layer = accelerator.unwrap_model(model).decoder.conv_out.temporal.weight
-                generator_term, parts["generator"] = adversarial_term(critic[0], reconstruction.float(), loss, last_layer, args.adversarial_weight)
+                generator_term, parts["generator"] = adversarial_term(critic[0], reconstruction, loss, last_layer, args.adversarial_weight)
                 loss = loss + generator_term
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -378,7 +378,7 @@ def main(args: argparse.Namespace):
             for group in critic[1].param_groups:
                 group["lr"] = lr
             with accelerator.autocast():
-                critic_loss = discriminator_loss(critic[0], reconstruction.float(), video)
+                critic_loss = discriminator_loss(critic[0], reconstruction, video)
             critic[1].zero_grad(set_to_none=True)
             accelerator.backward(critic_loss)
             critic[1].step()
