@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.pipeline_t2v import TextToVideoPipeline
-from pipeline.transformer import SpatioTemporalTransformer
+from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer
 from pipeline.vae import CausalVideoVAE
 from training import train_dit, train_vae
 
@@ -89,6 +89,21 @@ def test_a_4x_vae_and_its_transformer_start_from_the_8x_ones(tiny_pipe):
         assert torch.equal(weight, old.blocks.state_dict()[name]), name
     with pytest.raises(ValueError, match="--transformer-size"):
         train_dit.main(train_dit.parse_args(["--run-dir", "unused", "--init-transformer", "assets/model"]))
+
+
+def test_a_deeper_transformer_started_from_a_trained_one_predicts_what_it_did(tiny_pipe):
+    # Growing by depth: the trained blocks carry over by name and the extra ones start with zero
+    # adaLN gates, so they pass tokens through and training resumes from the trained function.
+    old = tiny_pipe.transformer.eval()
+    deeper = SpatioTemporalTransformer.from_config(old.config, num_layers=old.config.num_layers + 2).eval()
+    report = train_dit.start_from_blocks(deeper, old)
+    assert f"blocks.{old.config.num_layers}." in report and "patch_embed" not in report
+    latents = torch.randn(1, old.config.in_channels, 2, 4, 4)
+    timestep, text, pooled = torch.full((1, 2), 500.0), torch.randn(1, 3, old.config.text_dim), torch.randn(1, old.config.pooled_text_dim)
+    with torch.no_grad():
+        expected = old(latents, timestep, text, pooled, frame_rate=15.0).sample
+        assert torch.allclose(deeper(latents, timestep, text, pooled, frame_rate=15.0).sample, expected)
+    assert TRANSFORMER_SIZES["medium"].hidden_size == TRANSFORMER_SIZES["small"].hidden_size
 
 
 def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patches(tiny_pipe, tmp_path):
