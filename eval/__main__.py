@@ -39,6 +39,14 @@ from training.train_vae import reconstruction_metrics, render_world_clip, to_mod
 
 EVAL_SEED = 424242  # scenes and noise of the eval; never used by training's streams
 ASPECT, DURATION, FPS = "16:9", 2.0, 15
+NOISE_DRAW_STRIDE = 1000  # apart the seed blocks of two noise draws, above every offset used below
+
+
+def noise_seed(offset: int, noise_draw: int = 0) -> int:
+    """The seed of one eval video's starting noise. Draw 0 is the table's; another draw samples the
+    same prompts and scenes with other noise, to see how much of a change between two models is
+    the luck of one seed (one prompt is 6-10 points of a row)."""
+    return EVAL_SEED + NOISE_DRAW_STRIDE * noise_draw + offset
 
 
 @dataclass
@@ -87,7 +95,7 @@ def generate_frames(pipe, prompt: str, seed: int, aspect: str = ASPECT, context:
 ASPECT_TEST_OBJECTS = (("red", "circle"), ("blue", "square"), ("white", "triangle"), ("orange", "star"))
 
 
-def aspect_rows(pipe, quick: bool) -> dict:
+def aspect_rows(pipe, quick: bool, noise_draw: int = 0) -> dict:
     """Shape accuracy and median elongation of one still object, per aspect ratio."""
     rows = {}
     objects = ASPECT_TEST_OBJECTS[:2] if quick else ASPECT_TEST_OBJECTS
@@ -96,7 +104,7 @@ def aspect_rows(pipe, quick: bool) -> dict:
     for aspect in ("16:9", "9:16", "1:1"):
         shapes_right, elongations = [], []
         for index, scene in enumerate(scenes):
-            analysis = analyze(generate_frames(pipe, world.describe(scene), EVAL_SEED + 100 + index, aspect), FPS)
+            analysis = analyze(generate_frames(pipe, world.describe(scene), noise_seed(100 + index, noise_draw), aspect), FPS)
             verdict = match(analysis, scene)["objects"][0]
             shapes_right.append(verdict["shape"])
             if analysis.objects:  # the biggest object stands for the prompt's one
@@ -106,7 +114,7 @@ def aspect_rows(pipe, quick: bool) -> dict:
     return rows
 
 
-def continuation_rows(pipe, quick: bool) -> dict:
+def continuation_rows(pipe, quick: bool, noise_draw: int = 0) -> dict:
     """Given the first second of a world clip (17 frames, the 1 + 4k the VAE takes) as context, how
     often the video's second second (frames 15 to 29) keeps each object's colour and shape and goes
     on with its motion; beside it, the analyzer's score on the true second second, its ceiling."""
@@ -118,7 +126,7 @@ def continuation_rows(pipe, quick: bool) -> dict:
     for index in range(4 if quick else 10):
         scene = world.sample_scene(rng, num_objects=1)
         clip = world.render(scene, height, width, num_frames, FPS).frames
-        frames = generate_frames(pipe, world.describe(scene), EVAL_SEED + 200 + index, context=clip[:17])
+        frames = generate_frames(pipe, world.describe(scene), noise_seed(200 + index, noise_draw), context=clip[:17])
         for scores, video in ((generated, frames), (truth, clip)):
             second_half = replace(scene, background_to=None)  # a fade is half done by then
             verdict = match(analyze(video[FPS:], FPS), second_half)["objects"][0]
@@ -217,7 +225,7 @@ def main(args: argparse.Namespace) -> dict:
     for prompt_set in prompt_sets:
         for index, (scene, prompt) in enumerate(zip(prompt_set.scenes, prompt_set.prompts)):
             started = time.perf_counter()
-            frames = generate_frames(pipe, prompt, EVAL_SEED + index)
+            frames = generate_frames(pipe, prompt, noise_seed(index, args.noise_draw))
             seconds.append(time.perf_counter() - started)
             analysis = analyze(frames, FPS)
             verdict = match(analysis, scene)
@@ -234,8 +242,8 @@ def main(args: argparse.Namespace) -> dict:
                 true_travel += normal_speed_travel(true_analysis, match(true_analysis, scene), scene)
 
     # 2. Aspect ratios and continuation.
-    aspects = aspect_rows(pipe, args.quick)
-    continuation = continuation_rows(pipe, args.quick)
+    aspects = aspect_rows(pipe, args.quick, args.noise_draw)
+    continuation = continuation_rows(pipe, args.quick, args.noise_draw)
 
     # 3. The VAE on world clips.
     vae = vae_rows(pipe.vae, num_clips=args.vae_clips or (6 if args.quick else 24))
@@ -253,8 +261,8 @@ def main(args: argparse.Namespace) -> dict:
         "seconds_per_video": float(np.mean(seconds)),
         **vae,
     }
-    print(format_table(args.model, table, extras))
-    return write_report({"model": args.model, "sets": table, **extras}, args.json)
+    print(format_table(args.model, table, extras, args.noise_draw))
+    return write_report({"model": args.model, "noise_draw": args.noise_draw, "sets": table, **extras}, args.json)
 
 
 def write_report(report: dict, path: str | None) -> dict:
@@ -274,10 +282,11 @@ def vae_only(args: argparse.Namespace) -> dict:
     return write_report({"model": args.model, **rows}, args.json)
 
 
-def format_table(model: str, table: dict, extras: dict) -> str:
+def format_table(model: str, table: dict, extras: dict, noise_draw: int = 0) -> str:
     """The report as markdown: one table of accuracies per prompt set, one of the other measures."""
     columns = ["colour", "shape", "size", "motion", "background", "all_colours", "count"]
-    lines = [f"\n## Eval of {model} ({ASPECT}, {DURATION:g} s at {FPS} fps, {presets.DEFAULT_QUALITY} preset, fixed seeds)\n"]
+    seeds = "fixed seeds" if noise_draw == 0 else f"fixed seeds, noise draw {noise_draw}"
+    lines = [f"\n## Eval of {model} ({ASPECT}, {DURATION:g} s at {FPS} fps, {presets.DEFAULT_QUALITY} preset, {seeds})\n"]
     lines.append("| prompts | " + " | ".join(columns) + " |")
     lines.append("|---|" + "---|" * len(columns))
     for name, scores in table.items():
@@ -304,7 +313,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     parser.add_argument("--vae-only", action="store_true", help="only the VAE rows: for a VAE no transformer has been trained on")
     parser.add_argument("--vae-clips", type=int, default=None, help="world clips of the VAE rows (default 24, 6 with --quick)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--noise-draw", type=int, default=0,
+        help="0 (the default) is the table's starting noise; 1 to 999 draw other noise for the same prompts and scenes",
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.noise_draw < 1000:
+        parser.error(f"--noise-draw must be an integer from 0 to 999, got {args.noise_draw}")
+    return args
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from eval.__main__ import EVAL_SEED, FPS, build_prompt_sets, generate_frames
+from eval.__main__ import FPS, build_prompt_sets, generate_frames, noise_seed
 from eval.analyzer import analyze, match
 from pipeline.generate import load_pipeline
 
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     base = pipe.scheduler.config
     prompt_sets = {s.name: s for s in build_prompt_sets(quick=True)}
     prompts = [
-        (scene, prompt, EVAL_SEED + index)
+        (scene, prompt, noise_seed(index))
         for name in ("seen", "held_out")
         for index, (scene, prompt) in enumerate(zip(prompt_sets[name].scenes, prompt_sets[name].prompts))
     ]
