@@ -18,7 +18,8 @@ bouncers are seen to fall and rebound; the same prompts in 16:9, 9:16 and 1:1 (s
 elongation: 1.0 is undistorted); continuation (the first second of a world clip given as context,
 the second second judged, beside the analyzer's own score on the true second second); the VAE's
 reconstruction PSNR (whole frame, object pixels) and the analyzer's accuracy on VAE reconstructions
-of world clips; seconds per video.
+of world clips; seconds per video. The --json report also lists every video: its prompt, the
+objects it asked for and the objects the analyzer saw.
 """
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.analyzer import analyze, match
+from eval.analyzer import ATTRIBUTES, AnalyzedObject, analyze, match
 from pipeline import presets
 from pipeline.generate import load_pipeline
 from pipeline.vae import CausalVideoVAE
@@ -175,6 +176,12 @@ def normal_speed_travel(analysis, verdict: dict, scene: world.Scene) -> list[flo
     return travel
 
 
+def describe(obj: world.ObjectSpec | AnalyzedObject) -> dict:
+    """An object in the words of world.py, for the report's per-video lists: what a prompt asked
+    for beside what the analyzer saw, to tell which motions or shapes a model gets wrong."""
+    return {name: getattr(obj, name) for name in ATTRIBUTES}
+
+
 def score_set(prompt_set: PromptSet) -> dict:
     """Per-attribute accuracy over every object of every scene, and scene-level extras."""
     counts: dict[str, list[bool]] = {}
@@ -229,7 +236,7 @@ def main(args: argparse.Namespace) -> dict:
             seconds.append(time.perf_counter() - started)
             analysis = analyze(frames, FPS)
             verdict = match(analysis, scene)
-            prompt_set.results.append({"prompt": prompt, "match": verdict})
+            prompt_set.results.append({"prompt": prompt, "match": verdict, "wanted": [describe(obj) for obj in scene.objects], "found": [describe(obj) for obj in analysis.objects]})
             # The analyzer calls a path "bouncing" only if it falls at about gravity and rebounds.
             bounced += [v["motion"] for obj, v in zip(scene.objects, verdict["objects"]) if obj.motion == "bouncing"]
             if all(obj.motion == "still" for obj in scene.objects) and scene.background_to is None:
@@ -262,7 +269,8 @@ def main(args: argparse.Namespace) -> dict:
         **vae,
     }
     print(format_table(args.model, table, extras, args.noise_draw))
-    return write_report({"model": args.model, "noise_draw": args.noise_draw, "sets": table, **extras}, args.json)
+    videos = {prompt_set.name: prompt_set.results for prompt_set in prompt_sets}
+    return write_report({"model": args.model, "noise_draw": args.noise_draw, "sets": table, **extras, "videos": videos}, args.json)
 
 
 def write_report(report: dict, path: str | None) -> dict:

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from eval.__main__ import build_prompt_sets, main, parse_args
+from training import world
 
 
 def test_prompt_sets_are_fixed_and_respect_the_held_out_split():
@@ -99,6 +100,12 @@ def test_eval_prints_the_whole_table(tmp_path, capsys):
     # continuation rows measure the model, not the analyzer.
     assert report["analyzer_on_true_second_second_colour"] >= 0.75
     assert json.loads(report_path.read_text())["sets"] == report["sets"]
+    # Each video is listed with what its prompt asked for and what the analyzer saw, in world.py's words.
+    assert report["videos"].keys() == report["sets"].keys()
+    for videos in report["videos"].values():
+        for video in videos:
+            assert len(video["wanted"]) == len(video["match"]["objects"]) >= 1
+            assert all(obj["motion"] in world.MOTIONS for obj in video["wanted"] + video["found"])
     for scores in report["sets"].values():
         assert all(0.0 <= value <= 1.0 for value in scores.values())
     assert report["seconds_per_video"] > 0 and report["psnr"] > 0
