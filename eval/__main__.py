@@ -176,7 +176,7 @@ def normal_speed_travel(analysis, verdict: dict, scene: world.Scene) -> list[flo
     return travel
 
 
-def describe(obj: world.ObjectSpec | AnalyzedObject) -> dict:
+def in_words(obj: world.ObjectSpec | AnalyzedObject) -> dict:
     """An object in the words of world.py, for the report's per-video lists: what a prompt asked
     for beside what the analyzer saw, to tell which motions or shapes a model gets wrong."""
     return {name: getattr(obj, name) for name in ATTRIBUTES}
@@ -236,7 +236,7 @@ def main(args: argparse.Namespace) -> dict:
             seconds.append(time.perf_counter() - started)
             analysis = analyze(frames, FPS)
             verdict = match(analysis, scene)
-            prompt_set.results.append({"prompt": prompt, "match": verdict, "wanted": [describe(obj) for obj in scene.objects], "found": [describe(obj) for obj in analysis.objects]})
+            prompt_set.results.append({"prompt": prompt, "match": verdict, "wanted": [in_words(obj) for obj in scene.objects], "found": [in_words(obj) for obj in analysis.objects]})
             # The analyzer calls a path "bouncing" only if it falls at about gravity and rebounds.
             bounced += [v["motion"] for obj, v in zip(scene.objects, verdict["objects"]) if obj.motion == "bouncing"]
             if all(obj.motion == "still" for obj in scene.objects) and scene.background_to is None:
