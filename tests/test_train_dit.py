@@ -183,3 +183,31 @@ def test_object_weight_counts_object_latents_more():
     noise = torch.randn_like(latents)
     weight = 1 + 3 * object_mask
     assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)
+
+
+def test_temporal_weight_scores_frame_to_frame_changes_of_the_clean_prediction():
+    """A prediction whose error is the same in every frame moves the velocity loss but not the
+    temporal term; one whose error alternates from frame to frame moves both."""
+    torch.manual_seed(0)
+    latents = torch.randn(2, 4, 6, 2, 2)
+    args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "0", "--temporal-weight", "2"])
+
+    class OffsetModel(torch.nn.Module):
+        def __init__(self, offset):
+            super().__init__()
+            self.offset = offset  # (T,) added to the true velocity
+
+        def forward(self, hidden_states, timestep, **kwargs):
+            s = (timestep / 1000)[:, None, :, None, None]
+            noise = (hidden_states - (1 - s) * latents) / s
+            return (noise - latents + self.offset[None, None, :, None, None],)
+
+    steady, parts = train_dit.flow_matching_loss(OffsetModel(torch.full((6,), 0.5)), latents, None, None, None, None, args)
+    assert parts["temporal"] == pytest.approx(0.0, abs=1e-6)
+    assert steady.item() == pytest.approx(0.25, rel=1e-4)  # the velocity error alone
+
+    alternating = torch.tensor([0.5, -0.5] * 3)
+    loss, parts = train_dit.flow_matching_loss(OffsetModel(alternating), latents, None, None, None, None, args)
+    assert parts["temporal"] > 0.01
+    assert loss.item() == pytest.approx(0.25 + 2 * parts["temporal"], rel=1e-4)
+    assert "temporal" not in train_dit.flow_matching_loss(OffsetModel(alternating), latents, None, None, None, None, train_dit.parse_args([]))[1]

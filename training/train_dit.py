@@ -318,7 +318,19 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
         weight = weight * (1 + args.object_weight * object_mask)
     error = (prediction.float() - target).pow(2) * weight
     loss = error.sum() / (weight.sum() * channels)
-    return loss, {"context_frames": float(is_context.float().mean())}
+    parts = {"context_frames": float(is_context.float().mean())}
+    if args.temporal_weight:
+        # Flicker, and objects that split, fade or appear, are errors that change from one latent
+        # frame to the next; the velocity MSE weighs them like any other. This term compares the
+        # frame-to-frame changes of the predicted clean video (x0 = x_s - s v; exact on context
+        # frames, so the step from the context to the first new frame counts too) with the true ones.
+        predicted_clean = noisy - sigma_5d * prediction.float()
+        change_error = (predicted_clean.diff(dim=2) - latents.diff(dim=2)).pow(2)
+        pair_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # pairs with a generated frame
+        temporal = (change_error * pair_weight).sum() / (pair_weight.sum() * channels).clamp(min=1e-8)
+        loss = loss + args.temporal_weight * temporal
+        parts["temporal"] = float(temporal)
+    return loss, parts
 
 
 def learning_rate(step: int, args) -> float:
@@ -646,6 +658,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logit-mean", type=float, default=0.0, help="noise levels s = sigmoid(N(mean, std)), as SD3")
     parser.add_argument("--logit-std", type=float, default=1.0)
     parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on latents that cover an object")
+    parser.add_argument(
+        "--temporal-weight", type=float, default=0.0, help="weight of a loss on the frame-to-frame changes of the predicted clean latents (0: off)"
+    )
     parser.add_argument("--context-prob", type=float, default=0.3, help="share of videos whose first latent frames are clean context")
     # optimisation
     parser.add_argument("--lr", type=float, default=2e-4)
