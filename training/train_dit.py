@@ -329,7 +329,7 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
         pair_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # pairs with a generated frame
         temporal = (change_error * pair_weight).sum() / (pair_weight.sum() * channels).clamp(min=1e-8)
         loss = loss + args.temporal_weight * temporal
-        parts["temporal"] = float(temporal)
+        parts["temporal"] = float(temporal.detach())
     return loss, parts
 
 
