@@ -211,3 +211,24 @@ def test_temporal_weight_scores_frame_to_frame_changes_of_the_clean_prediction()
     assert parts["temporal"] > 0.01
     assert loss.item() == pytest.approx(0.25 + 2 * parts["temporal"], rel=1e-4)
     assert "temporal" not in train_dit.flow_matching_loss(OffsetModel(alternating), latents, None, None, None, None, train_dit.parse_args([]))[1]
+
+
+def test_frame_noise_prob_draws_a_noise_level_per_latent_frame():
+    torch.manual_seed(0)
+    latents = torch.randn(64, 4, 6, 2, 2)
+    model = RecordingModel()
+    train_dit.flow_matching_loss(model, latents, None, None, None, None, train_dit.parse_args(["--context-prob", "0"]))
+    assert (model.inputs["timestep"] == model.inputs["timestep"][:, :1]).all()  # off: one level per video
+
+    args = train_dit.parse_args(["--context-prob", "0", "--frame-noise-prob", "0.5"])
+    train_dit.flow_matching_loss(model, latents, None, None, None, None, args)
+    timestep = model.inputs["timestep"]
+    per_frame = (timestep != timestep[:, :1]).any(1)  # videos whose frames differ
+    assert 16 <= per_frame.sum() <= 48  # about half of them
+    assert ((timestep > 0) & (timestep < 1000)).all()
+
+    args = train_dit.parse_args(["--context-prob", "1", "--frame-noise-prob", "1"])
+    train_dit.flow_matching_loss(model, latents, None, None, None, None, args)
+    timestep = model.inputs["timestep"]
+    assert (timestep[:, 0] == 0).all()  # context frames stay clean
+    assert (timestep[:, -1] > 0).all()

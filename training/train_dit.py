@@ -21,7 +21,9 @@ One script for one CPU, one GPU or many (accelerate). What it does, top to botto
 3. Loss: rectified flow as in SD3 (Esser et al., 2024): x_s = (1 - s) x0 + s noise with s drawn
    from a logit-normal distribution, and the transformer predicts the velocity noise - x0 at
    timestep 1000 s. That is the convention of diffusers' FlowMatchEulerDiscreteScheduler, which
-   samples with timesteps = sigmas * 1000 and steps x += (sigma_next - sigma) * velocity.
+   samples with timesteps = sigmas * 1000 and steps x += (sigma_next - sigma) * velocity. With
+   --frame-noise-prob a share of videos draws a level per latent frame instead (as Diffusion
+   Forcing, Chen et al., 2024, trains).
 4. Continuation: in a share of videos (--context-prob) the first k latent frames (1 <= k <= T / 2)
    are given clean (x_s = x0, timestep 0) and left out of the loss, so the same model continues a
    video or animates a first frame (TextToVideoPipeline's `context`).
@@ -298,7 +300,14 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
         k = torch.randint(1, frames // 2 + 1, (batch,), device=device)
         context = torch.where(torch.rand(batch, device=device) < args.context_prob, k, context)
     is_context = torch.arange(frames, device=device)[None] < context[:, None]  # (B, T)
-    sigma = s[:, None].expand(batch, frames).masked_fill(is_context, 0.0)  # (B, T): 0 on context frames
+    sigma = s[:, None].expand(batch, frames)
+    if args.frame_noise_prob:
+        # Some videos draw a noise level per latent frame (as Diffusion Forcing trains): a frame
+        # noisier than its neighbours is best predicted by carrying the objects over from them, so
+        # these videos train the attention across frames that keeps one object one object.
+        per_frame = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(batch, frames, device=device))
+        sigma = torch.where((torch.rand(batch, device=device) < args.frame_noise_prob)[:, None], per_frame, sigma)
+    sigma = sigma.masked_fill(is_context, 0.0)  # (B, T): 0 on context frames
 
     noise = torch.randn_like(latents)
     sigma_5d = sigma[:, None, :, None, None]  # (B, 1, T, 1, 1)
@@ -662,6 +671,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--temporal-weight", type=float, default=0.0, help="weight of a loss on the frame-to-frame changes of the predicted clean latents (0: off)"
     )
     parser.add_argument("--context-prob", type=float, default=0.3, help="share of videos whose first latent frames are clean context")
+    parser.add_argument(
+        "--frame-noise-prob", type=float, default=0.0, help="share of videos whose latent frames each draw their own noise level (0: one level per video)"
+    )
     # optimisation
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--weight-decay", type=float, default=0.0)
