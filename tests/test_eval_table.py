@@ -139,3 +139,27 @@ def test_sweep_and_model_card(tmp_path, capsys):
 
     sheet = Image.open(tmp_path / "model" / "contact_sheet.png")
     assert sheet.height >= 8 * 64  # eight rows of 64p frames (shown at 2x)
+
+
+def test_denoise_measures_each_noise_level_and_the_sampler_tail(tiny_pipe, tmp_path, capsys):
+    from eval import denoise
+
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    args = ["--model", str(tmp_path / "model"), "--clips", "1", "--tail-steps", "2", "--json", str(tmp_path / "denoise.json")]
+    report = denoise.main(denoise.parse_args(args))
+    assert [row["sigma"] for row in report["levels"]] == list(denoise.NOISE_LEVELS)
+    for row in report["levels"]:
+        assert row["x0_error"] >= 0 and row["removed"] == pytest.approx(1 - row["x0_error"] / row["sigma"])
+    assert [row["steps"] for row in report["sampler_tail"]] == [2, 1]  # the last two sigmas, each carried to 0
+    assert all(0 <= row["high_frequency"] <= row["left"] + 1e-6 for row in report["sampler_tail"])
+    assert "| sigma | velocity error | x0 error | removed |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "denoise.json").read_text()) == report
+    assert denoise.main(denoise.parse_args(args))["levels"] == report["levels"]  # seeded clips and noise
+
+
+@pytest.mark.parametrize("option", ["--clips", "--tail-steps"])
+def test_denoise_rejects_a_count_below_one_naming_the_option(option):
+    from eval import denoise
+
+    with pytest.raises(ValueError, match=option):
+        denoise.main(denoise.parse_args(["--model", "unused", option, "0"]))
