@@ -381,9 +381,13 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     # --- training forward ----------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
+    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None, latent_noise: torch.Tensor | float | None = None):
+        """`latent_noise`: the std (broadcast over the latents) of Gaussian noise added before the
+        decoder, which then learns to decode the slightly noisy latents that sampling ends with."""
         posterior = self.encode(x).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        if latent_noise is not None:
+            z = z + latent_noise * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         # Training decodes in one pass: same numbers as streaming, fewer Python calls.
         reconstruction = self.decoder(z)
         return reconstruction, posterior

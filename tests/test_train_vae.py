@@ -154,3 +154,25 @@ def test_critic_scores_patches_of_every_frame():
     critic = train_vae.FrameDiscriminator()
     scores = critic(torch.rand(2, 3, 5, 64, 64))
     assert scores.shape[0] == 10 and scores.shape[1] == 1 and scores.shape[-1] > 1
+
+
+def test_latent_noise_trains_the_decoder_on_noisy_latents(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    vae = tiny_pipe.vae.eval()
+    quiet, _ = vae(video, sample_posterior=False)
+    noisy, _ = vae(video, sample_posterior=False, latent_noise=0.5)
+    assert torch.equal(vae(video, sample_posterior=False, latent_noise=0.0)[0], quiet)
+    assert not torch.allclose(noisy, quiet)
+    args = ["--run-dir", str(tmp_path / "run"), "--init-from", str(tmp_path / "model"), "--freeze-encoder", "--latent-noise", "0.3",
+            "--max-steps", "2", "--batch-size", "1", "--crop-size", "32", "--crop-frames", "5", "--buffer-clips", "4",
+            "--refresh-per-step", "1", "--eval-clips", "1", "--mixed-precision", "no", "--log-every", "1"]  # fmt: skip
+    train_vae.main(train_vae.parse_args(args))
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+@pytest.mark.parametrize("extra", [["--latent-noise", "0.3"], ["--latent-noise", "-1", "--freeze-encoder"]])
+def test_latent_noise_needs_a_frozen_encoder_and_a_level_of_zero_or_more(tmp_path, extra):
+    with pytest.raises(ValueError, match="--latent-noise"):
+        train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--max-steps", "1", *extra]))
+    assert not (tmp_path / "run").exists()  # nothing half-made

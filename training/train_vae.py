@@ -12,6 +12,8 @@ One script for one CPU, one GPU or many (accelerate). What it does, top to botto
 3. The loss keeps small objects and exact colours: L1 + MSE with a heavy weight on (dilated) object
    pixels, plus an L1 loss on spatial gradients so edges and corners stay sharp, plus a small KL;
    optionally (--adversarial-weight) a patch critic, which L1 and MSE lack, against blurred points.
+   With --freeze-encoder, --latent-noise decodes latents with noise added, so the decoder learns to
+   turn the residual noise a transformer's samples end with (eval.denoise) into clean frames.
 4. An EMA of the weights is what gets evaluated and exported.
 5. Every few minutes: a checkpoint (model, EMA, optimizer, step, args), a log line, a contact sheet
    of reconstructions, and the reconstruction PSNR on held-out clips (whole frame and object pixels).
@@ -294,6 +296,8 @@ def main(args: argparse.Namespace):
     if args.export:
         export_vae(run_dir, Path(args.export))
         return
+    if args.latent_noise < 0 or (args.latent_noise and not args.freeze_encoder):
+        raise ValueError(f"--latent-noise must be 0 or more and needs --freeze-encoder (a trained encoder would outgrow the noise), got {args.latent_noise}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the calibration runs
 
@@ -362,8 +366,13 @@ def main(args: argparse.Namespace):
         for group in optimizer.param_groups:
             group["lr"] = lr
         adversarial = critic is not None and step >= args.adversarial_start
+        latent_noise = None
+        if args.latent_noise:
+            # Per clip a level uniform in [0, --latent-noise], in units of each channel's latent std.
+            _, latent_std = accelerator.unwrap_model(model).latent_stats(video.device, torch.float32)
+            latent_noise = torch.rand(video.shape[0], 1, 1, 1, 1, device=video.device) * args.latent_noise * latent_std
         with accelerator.autocast():
-            reconstruction, posterior = model(video)
+            reconstruction, posterior = model(video, latent_noise=latent_noise)
             reconstruction = reconstruction.float()
             loss, parts = reconstruction_loss(reconstruction, video, mask, posterior, args)
             if adversarial:
@@ -435,6 +444,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--freeze-encoder",
         action="store_true",
         help="train the decoder only: the latent space, and a transformer trained on it, stay valid",
+    )
+    parser.add_argument(
+        "--latent-noise",
+        type=float,
+        default=0.0,
+        help="with --freeze-encoder: add Gaussian noise of up to this many latent stds before decoding, so the decoder "
+        "turns the residual noise a transformer leaves (eval.denoise) into clean frames instead of speckle",
     )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-frames", type=int, default=9, help="1 + 4k frames per training crop")
