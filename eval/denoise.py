@@ -23,6 +23,7 @@ import json
 import numpy as np
 import torch
 
+from eval.__main__ import FPS
 from pipeline import presets
 from pipeline.generate import load_pipeline
 from training import world
@@ -30,7 +31,6 @@ from training.train_dit import encode_latents
 
 NOISE_LEVELS = (0.03, 0.07, 0.15, 0.25, 0.5, 0.75, 0.95)
 CLIP_SEED = 20_000  # far from the eval's and the trainers' seeds
-FPS = 15
 
 
 def world_latents(pipe, num_clips: int) -> tuple[torch.Tensor, list[str]]:

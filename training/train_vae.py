@@ -357,6 +357,7 @@ def main(args: argparse.Namespace):
     log = open(run_dir / "log.jsonl", "a")
     started = last_save = time.time()
     window = []
+    _, latent_std = accelerator.unwrap_model(model).latent_stats(accelerator.device, torch.float32)  # fixed: the encoder is frozen
     while time.time() - started < args.minutes * 60 and (args.max_steps is None or step < args.max_steps):
         buffer.refresh(args.refresh_per_step)
         video, mask = buffer.sample_batch(args.batch_size, args.crop_frames, args.crop_size, args.object_centred)
@@ -369,7 +370,6 @@ def main(args: argparse.Namespace):
         latent_noise = None
         if args.latent_noise:
             # Per clip a level uniform in [0, --latent-noise], in units of each channel's latent std.
-            _, latent_std = accelerator.unwrap_model(model).latent_stats(video.device, torch.float32)
             latent_noise = torch.rand(video.shape[0], 1, 1, 1, 1, device=video.device) * args.latent_noise * latent_std
         with accelerator.autocast():
             reconstruction, posterior = model(video, latent_noise=latent_noise)
