@@ -357,7 +357,7 @@ def main(args: argparse.Namespace):
     log = open(run_dir / "log.jsonl", "a")
     started = last_save = time.time()
     window = []
-    _, latent_std = accelerator.unwrap_model(model).latent_stats(accelerator.device, torch.float32)  # fixed: the encoder is frozen
+    _, latent_std = accelerator.unwrap_model(model).latent_stats(accelerator.device, torch.float32)  # the config's statistics: read once, used by --latent-noise
     while time.time() - started < args.minutes * 60 and (args.max_steps is None or step < args.max_steps):
         buffer.refresh(args.refresh_per_step)
         video, mask = buffer.sample_batch(args.batch_size, args.crop_frames, args.crop_size, args.object_centred)
