@@ -232,3 +232,21 @@ def test_frame_noise_prob_draws_a_noise_level_per_latent_frame():
     timestep = model.inputs["timestep"]
     assert (timestep[:, 0] == 0).all()  # context frames stay clean
     assert (timestep[:, -1] > 0).all()
+
+
+def test_a_refiner_added_to_a_trained_transformer_trains_alone(model_dir, tmp_path):
+    # --refiner-channels grows the folder's transformer by a refiner; --train-refiner-only then
+    # leaves every transformer weight as it was and trains the refiner alone.
+    run_dir = tmp_path / "run"
+    grow = ("--transformer-size", "tiny", "--init-transformer", str(model_dir), "--refiner-channels", "4")
+    train_dit.main(train_args(model_dir, run_dir, *grow, "--train-refiner-only", "--max-steps", "2", "--lr", "1e-2"))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["config"]["refiner_channels"] == 4
+    start = load_file(model_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    for name, tensor in start.items():
+        assert torch.equal(checkpoint["model"][name], tensor.float()), name
+    refiner = {name: w for name, w in checkpoint["model"].items() if name.startswith("refiner.")}
+    assert refiner and refiner["refiner.net.4.weight"].abs().max() > 0  # its zero last layer learned
+
+    with pytest.raises(ValueError, match="--train-refiner-only"):
+        train_dit.main(train_args(model_dir, tmp_path / "other", "--train-refiner-only", "--max-steps", "1"))

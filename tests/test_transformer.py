@@ -1,11 +1,11 @@
-"""pipeline/transformer.py: shapes for every bucket, per-frame timesteps, 3D RoPE, checkpointing."""
+"""pipeline/transformer.py: shapes for every bucket, per-frame timesteps, 3D RoPE, checkpointing, the refiner."""
 
 import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from pipeline import presets
-from pipeline.transformer import RotaryPositionEmbedding3D, rope_axes_split
+from pipeline.transformer import RotaryPositionEmbedding3D, SpatioTemporalTransformer, rope_axes_split
 
 TEXT_TOKENS = 8
 
@@ -110,3 +110,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_transformer):
     assert plain.keys() == checkpointed.keys() and len(plain) > 0
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_refiner_starts_as_the_identity_and_travels_with_the_folder(tiny_transformer, tmp_path):
+    # A transformer given a refiner predicts exactly what it did (the refiner's last layer is zero),
+    # so training resumes from the trained function; once trained, it changes the velocity and its
+    # weights and width travel with the folder.
+    refined = SpatioTemporalTransformer.from_config(tiny_transformer.config, refiner_channels=8).eval()
+    missing, unexpected = refined.load_state_dict(tiny_transformer.state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("refiner.") for name in missing)
+    args = inputs(1, 3, 8, 8)
+    args["timestep"] = torch.tensor([[0.0, 300.0, 300.0]])  # a clean context frame, then noisy ones
+    with torch.no_grad():
+        torch.testing.assert_close(refined(**args).sample, tiny_transformer.eval()(**args).sample, rtol=0, atol=0)
+        torch.nn.init.normal_(refined.refiner.net[-1].weight, std=0.1)
+        corrected = refined(**args).sample
+        assert (corrected - tiny_transformer(**args).sample).abs().max() > 1e-3
+        refined.save_pretrained(tmp_path / "transformer")
+        reloaded = SpatioTemporalTransformer.from_pretrained(tmp_path / "transformer").eval()
+        assert reloaded.config.refiner_channels == 8
+        torch.testing.assert_close(reloaded(**args).sample, corrected, rtol=0, atol=1e-6)

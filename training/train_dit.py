@@ -523,16 +523,24 @@ def main(args: argparse.Namespace):
         # A token covers presets.PIXEL_MULTIPLE pixels on a side whatever the VAE: a 4x VAE gets 4x4 patches,
         # so a finer latent keeps small objects without making attention 4x longer.
         patch = max(1, presets.PIXEL_MULTIPLE // vae.spatial_compression_ratio)
-        model = transformer_from_size(args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch))
+        model = transformer_from_size(
+            args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch), refiner_channels=args.refiner_channels
+        )
         if args.init_transformer:
             accelerator.print(start_from_blocks(model, SpatioTemporalTransformer.from_pretrained(Path(args.init_transformer) / "transformer")))
     else:
         model = pipe.transformer
     model.train()
+    if args.train_refiner_only:
+        if model.refiner is None:
+            raise ValueError("--train-refiner-only: this transformer has no refiner; give --refiner-channels with --transformer-size")
+        # The transformer is frozen, so backward runs through the refiner alone: a step costs about a forward.
+        model.requires_grad_(False)
+        model.refiner.requires_grad_(True)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -650,6 +658,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--init-transformer", default=None,
         help="with --transformer-size: start from the blocks of this model folder's transformer (trained on another VAE's latents)",
     )
+    parser.add_argument("--refiner-channels", type=int, default=0, help="with --transformer-size: add a conv refiner of this width (0: none)")
+    parser.add_argument("--train-refiner-only", action="store_true", help="freeze everything but the refiner (a transformer just given one)")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
     parser.add_argument("--max-steps", type=int, default=None, help="stop at this step (counted over resumes)")
     # data
