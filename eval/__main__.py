@@ -2,7 +2,7 @@
 
     python -m eval --model assets/model          # the full table, a few minutes on a CPU
     python -m eval --model assets/model --quick  # fewer prompts, for a smoke check
-    python -m eval --model assets/next --vae-only --vae-clips 200  # a VAE alone (issue 3's bars)
+    python -m eval --model assets/model --vae-only --vae-clips 200  # the VAE alone (issue 3's bars)
 
 Every number comes from pixels: generated videos are read by the analyzer (eval/analyzer.py) and
 compared with the structured scene their prompt was written from. Prompts and seeds are fixed, so
