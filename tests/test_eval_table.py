@@ -111,7 +111,7 @@ def test_eval_prints_the_whole_table(tmp_path, capsys):
     assert report["seconds_per_video"] > 0 and report["psnr"] > 0
 
 
-@pytest.mark.slow  # about a minute: the sweep's 2 settings x 7 prompts and the card's 8 videos
+@pytest.mark.slow  # about a minute: the sweep's 2 settings x 13 prompts x 2 noise draws and the card's 8 videos
 def test_sweep_and_model_card(tmp_path, capsys):
     import torch
 
@@ -124,10 +124,11 @@ def test_sweep_and_model_card(tmp_path, capsys):
     pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer_from_size("tiny"))
     pipe.save_pretrained(tmp_path / "model")
 
-    rows = sweep.main(sweep.parse_args(["--model", str(tmp_path / "model"), "--steps", "2", "--guidance", "1", "3", "--shift", "2"]))
+    rows = sweep.main(sweep.parse_args(["--model", str(tmp_path / "model"), "--steps", "2", "--guidance", "1", "3", "--shift", "2", "--noise-draws", "2"]))
     assert [(row["steps"], row["guidance"]) for row in rows] == [(2, 1.0), (2, 3.0)]
-    assert all(0.0 <= row["score"] <= 1.0 and row["seconds_per_video"] > 0 for row in rows)
-    assert "best: --steps 2" in capsys.readouterr().out
+    assert all(0.0 <= row["score"] <= 1.0 and row["seconds_per_video"] > 0 and "travel" in row for row in rows)
+    printed = capsys.readouterr().out
+    assert "26 videos a setting" in printed and "best: --steps 2" in printed
 
     # As `python -m eval --json` writes it: the draw and the per-video lists beside the measures.
     report = {"model": "tiny", "noise_draw": 1, "sets": {"seen": {"colour": 0.5}}, "seconds_per_video": 1.0, "videos": {"seen": [{"prompt": "p"}]}}
