@@ -176,3 +176,45 @@ def test_latent_noise_needs_a_frozen_encoder_and_a_level_of_zero_or_more(tmp_pat
     with pytest.raises(ValueError, match="--latent-noise"):
         train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--max-steps", "1", *extra]))
     assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+def test_anchor_weight_trains_the_encoder_near_its_start_and_keeps_the_statistics(tiny_pipe, tmp_path, capsys):
+    channels = tiny_pipe.vae.config.latent_channels
+    tiny_pipe.vae.register_to_config(latents_mean=[0.5] * channels, latents_std=[2.0] * channels)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    before = CausalVideoVAE.from_pretrained(tmp_path / "model" / "vae")
+    common = ["--run-dir", str(tmp_path / "run"), "--anchor-weight", "1", "--batch-size", "1", "--crop-size", "32",
+              "--crop-frames", "5", "--buffer-clips", "4", "--refresh-per-step", "1", "--eval-clips", "1",
+              "--mixed-precision", "no", "--log-every", "1", "--lr", "1e-2"]  # fmt: skip
+    train_vae.main(train_vae.parse_args([*common, "--init-from", str(tmp_path / "model"), "--max-steps", "2"]))
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    for name, tensor in before.encoder.state_dict().items():  # the anchor is the starting encoder, bit for bit
+        torch.testing.assert_close(first["anchor_encoder"][name], tensor)
+    train_vae.main(train_vae.parse_args([*common, "--max-steps", "3"]))  # resumes with the same anchor
+    resumed = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == 3
+    for name, tensor in first["anchor_encoder"].items():
+        torch.testing.assert_close(resumed["anchor_encoder"][name], tensor)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(record["drift"] >= 0 for record in logged if "drift" in record) and any("drift" in r for r in logged)
+
+    train_vae.export_vae(tmp_path / "run", tmp_path / "model")
+    after = CausalVideoVAE.from_pretrained(tmp_path / "model" / "vae")
+    assert any(not torch.equal(after.encoder.state_dict()[n], t) for n, t in before.encoder.state_dict().items())
+    # The transformer normalises with these: an anchored encoder keeps them rather than measuring anew.
+    assert after.config.latents_mean == before.config.latents_mean and after.config.latents_std == before.config.latents_std
+    assert '"exported"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--anchor-weight", "-1", "--init-from", "unused"],
+        ["--anchor-weight", "1", "--freeze-encoder", "--init-from", "unused"],
+        ["--anchor-weight", "1"],  # no encoder to stay near
+    ],
+)
+def test_anchor_weight_needs_a_starting_encoder_that_trains(tmp_path, extra):
+    with pytest.raises(ValueError, match="--anchor-weight"):
+        train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--max-steps", "1", *extra]))
+    assert not (tmp_path / "run").exists()  # nothing half-made

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from einops import rearrange
 from PIL import Image
 
@@ -235,11 +236,13 @@ def contact_sheet(vae: CausalVideoVAE, path: Path, num_clips: int = 4, num_frame
 # ------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, best: dict, critic: tuple | None = None):
+def save_checkpoint(path: Path, model, ema, optimizer, step: int, args, best: dict, critic: tuple | None = None, anchor_encoder=None):
     temp = path.with_suffix(".tmp")
     state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args), "best": best, "config": dict(model.config), "hardware": history.hardware()}
     if critic is not None:
         state["discriminator"], state["discriminator_optimizer"] = critic[0].state_dict(), critic[1].state_dict()
+    if anchor_encoder is not None:
+        state["anchor_encoder"] = anchor_encoder.state_dict()
     torch.save(state, temp)
     os.replace(temp, path)  # a checkpoint is whole or absent, even if the run is killed mid-write
 
@@ -251,15 +254,15 @@ def export_vae(run_dir: Path, model_dir: Path):
     vae = CausalVideoVAE.from_config(config)
     vae.load_state_dict(checkpoint["ema"])
     vae.eval()
-    if not checkpoint["args"].get("freeze_encoder"):
-        # A frozen encoder keeps the latent space, statistics included, that a transformer was
-        # trained on; only a retrained encoder gets its statistics measured anew.
+    if not (checkpoint["args"].get("freeze_encoder") or checkpoint["args"].get("anchor_weight")):
+        # A frozen or anchored encoder keeps the latent space, statistics included, that a
+        # transformer was trained on; only a freely retrained encoder gets its statistics measured anew.
         mean, std = latent_statistics(vae)
         vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = reconstruction_metrics(vae)
     vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
     run_args = checkpoint["args"]
-    history.append_run(model_dir / "vae", run_dir, checkpoint, continued=bool(run_args.get("init_from") or run_args.get("freeze_encoder")))
+    history.append_run(model_dir / "vae", run_dir, checkpoint, continued=bool(run_args.get("init_from") or run_args.get("freeze_encoder") or run_args.get("anchor_weight")))
     print(json.dumps({"exported": str(model_dir / "vae"), "step": checkpoint["step"], **metrics}))
 
 
@@ -298,6 +301,10 @@ def main(args: argparse.Namespace):
         return
     if args.latent_noise < 0 or (args.latent_noise and not args.freeze_encoder):
         raise ValueError(f"--latent-noise must be 0 or more and needs --freeze-encoder (a trained encoder would outgrow the noise), got {args.latent_noise}")
+    if args.anchor_weight < 0 or (args.anchor_weight and args.freeze_encoder):
+        raise ValueError(f"--anchor-weight must be 0 or more and cannot go with --freeze-encoder (a frozen encoder cannot drift), got {args.anchor_weight}")
+    if args.anchor_weight and not args.init_from and not (run_dir / "checkpoint.pt").exists():
+        raise ValueError("--anchor-weight needs an encoder to stay near: give --init-from, or resume an anchored run")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the calibration runs
 
@@ -325,6 +332,17 @@ def main(args: argparse.Namespace):
         if checkpoint is None and not args.init_from:
             raise ValueError("--freeze-encoder needs a trained encoder: give --init-from or resume a run")
         model.encoder.requires_grad_(False)
+    anchor_encoder = None
+    if args.anchor_weight:
+        # The encoder the run started from, frozen: its latents are the space a transformer was trained on.
+        if checkpoint is not None and "anchor_encoder" in checkpoint:
+            anchor_encoder = copy.deepcopy(model.encoder)
+            anchor_encoder.load_state_dict(checkpoint["anchor_encoder"])
+        elif checkpoint is None and args.init_from:
+            anchor_encoder = copy.deepcopy(model.encoder)
+        else:
+            raise ValueError("--anchor-weight needs the encoder to stay near: start a new run with --init-from, or resume an anchored one")
+        anchor_encoder.requires_grad_(False).eval()
     ema = copy.deepcopy(model).requires_grad_(False)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -345,6 +363,8 @@ def main(args: argparse.Namespace):
         critic = accelerator.prepare(discriminator, discriminator_optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
+    if anchor_encoder is not None:
+        anchor_encoder.to(accelerator.device)
     # Only trained weights are averaged: a frozen encoder is left bit for bit (a lerp turns its -0.0 into +0.0).
     ema_pairs = [(p_ema, p) for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()) if p.requires_grad]
     accelerator.print(f"VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained, on {accelerator.device}")
@@ -375,6 +395,12 @@ def main(args: argparse.Namespace):
             reconstruction, posterior = model(video, latent_noise=latent_noise)
             reconstruction = reconstruction.float()
             loss, parts = reconstruction_loss(reconstruction, video, mask, posterior, args)
+            if anchor_encoder is not None:
+                with torch.no_grad():
+                    anchor_mean = DiagonalGaussianDistribution(anchor_encoder(video)).mean
+                drift = ((posterior.mean.float() - anchor_mean.float()) / latent_std).pow(2).mean()
+                loss = loss + args.anchor_weight * drift
+                parts["drift"] = drift.item()
             if adversarial:
                 last_layer = accelerator.unwrap_model(model).decoder.conv_out.temporal.weight
                 generator_term, parts["generator"] = adversarial_term(critic[0], reconstruction, loss, last_layer, args.adversarial_weight)
@@ -416,9 +442,9 @@ def main(args: argparse.Namespace):
             accelerator.print(json.dumps(record))
             log.write(json.dumps(record) + "\n")
             log.flush()
-            save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best, critic)
+            save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best, critic, anchor_encoder)
 
-    save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best, critic)
+    save_checkpoint(checkpoint_path, accelerator.unwrap_model(model), ema, optimizer, step, args, best, critic, anchor_encoder)
     metrics = reconstruction_metrics(ema, num_clips=args.eval_clips)
     contact_sheet(ema, run_dir / "contact_sheet.png")
     accelerator.print(json.dumps({"step": step, "final_eval": metrics}))
@@ -451,6 +477,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.0,
         help="with --freeze-encoder: add Gaussian noise of up to this many latent stds before decoding, so the decoder "
         "turns the residual noise a transformer leaves (eval.denoise) into clean frames instead of speckle",
+    )
+    parser.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=0.0,
+        help="train the encoder too, but keep its latent means near the starting encoder's (squared drift in latent stds, "
+        "times this weight), so a transformer trained on the latent space stays valid while the encoder learns detail",
     )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-frames", type=int, default=9, help="1 + 4k frames per training crop")
