@@ -254,15 +254,16 @@ def export_vae(run_dir: Path, model_dir: Path):
     vae = CausalVideoVAE.from_config(config)
     vae.load_state_dict(checkpoint["ema"])
     vae.eval()
-    if not (checkpoint["args"].get("freeze_encoder") or checkpoint["args"].get("anchor_weight")):
+    run_args = checkpoint["args"]
+    keeps_latent_space = bool(run_args.get("freeze_encoder") or run_args.get("anchor_weight"))
+    if not keeps_latent_space:
         # A frozen or anchored encoder keeps the latent space, statistics included, that a
         # transformer was trained on; only a freely retrained encoder gets its statistics measured anew.
         mean, std = latent_statistics(vae)
         vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = reconstruction_metrics(vae)
     vae.to(torch.float16).save_pretrained(model_dir / "vae", safe_serialization=True)
-    run_args = checkpoint["args"]
-    history.append_run(model_dir / "vae", run_dir, checkpoint, continued=bool(run_args.get("init_from") or run_args.get("freeze_encoder") or run_args.get("anchor_weight")))
+    history.append_run(model_dir / "vae", run_dir, checkpoint, continued=bool(run_args.get("init_from")) or keeps_latent_space)
     print(json.dumps({"exported": str(model_dir / "vae"), "step": checkpoint["step"], **metrics}))
 
 
