@@ -22,6 +22,7 @@ Kling's published design, written in the shape of DiT's `models.py` (Peebles & X
   exactly its old predictions.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,34 @@ class RotaryPositionEmbedding3D(nn.Module):
             cos_parts.append(cos)  # (N, dim)
             sin_parts.append(sin)
         return torch.cat(cos_parts, dim=-1), torch.cat(sin_parts, dim=-1)  # (N, head_dim) each
+
+
+class FramePositionEmbedder(nn.Module):
+    """Where a token sits in the frame, as a vector added to it.
+
+    RoPE gives attention only relative offsets, so without this the blocks cannot tell the bottom
+    edge that bouncers rebound from, or the edges that movers reflect off, from the middle of the
+    frame. Each token's centre is measured as a fraction of the frame's height and width (the same
+    numbers in every aspect ratio and resolution), expanded into sinusoids, plus the frame's aspect
+    ratio, and projected by a layer that starts at zero: a trained transformer given this predicts
+    exactly what it did and learns to use it.
+    """
+
+    def __init__(self, hidden_size: int, frequencies: int = 8):
+        super().__init__()
+        self.frequencies = frequencies
+        self.proj = nn.Linear(4 * frequencies + 1, hidden_size)
+
+    def forward(self, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        rows = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height  # (H,) in (0, 1)
+        cols = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width  # (W,)
+        rows, cols = torch.meshgrid(rows, cols, indexing="ij")
+        # Half-wave multiples of pi: the lowest frequency tells top from bottom, the higher ones how near an edge.
+        angles = torch.stack([rows, cols], dim=-1)[..., None] * math.pi * torch.arange(1, self.frequencies + 1, device=device)  # (H, W, 2, F)
+        features = torch.cat([angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)  # (H, W, 4F)
+        aspect = torch.full((height, width, 1), math.log(width / height), device=device)
+        features = torch.cat([features, aspect], dim=-1).reshape(1, height * width, -1).repeat(1, frames, 1)  # (1, N, 4F + 1)
+        return self.proj(features.to(dtype))  # (1, N, D), tokens ordered (t, h, w)
 
 
 class ConditionEmbedder(nn.Module):
@@ -224,6 +253,7 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         rope_theta: float = 10000.0,
         default_frame_rate: float = 15.0,  # used when a caller gives none
         refiner_channels: int = 0,  # 0: no refiner (see LatentRefiner)
+        frame_position_embedding: bool = False,  # add where each token is in the frame (see FramePositionEmbedder)
     ):
         super().__init__()
         if hidden_size % num_heads != 0:
@@ -233,6 +263,7 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         self.patch_embed = nn.Linear(in_channels * patch_volume, hidden_size)
         self.condition_embed = ConditionEmbedder(hidden_size, pooled_text_dim)
         self.rotary = RotaryPositionEmbedding3D(hidden_size // num_heads, rope_theta)
+        self.frame_position = FramePositionEmbedder(hidden_size) if frame_position_embedding else None
         self.blocks = nn.ModuleList([TransformerBlock(hidden_size, num_heads, text_dim, mlp_ratio) for _ in range(num_layers)])
         self.final_layer = FinalLayer(hidden_size, patch_volume, self.out_channels)
         self.refiner = LatentRefiner(self.out_channels, refiner_channels) if refiner_channels else None
@@ -260,6 +291,9 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.frame_position is not None:
+            nn.init.zeros_(self.frame_position.proj.weight)
+            nn.init.zeros_(self.frame_position.proj.bias)
 
     def forward(
         self,
@@ -305,6 +339,8 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         # 2. Patchify and embed.
         x = rearrange(hidden_states, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)  # (B, N, C*p)
         x = self.patch_embed(x.to(dtype))  # (B, N, D)
+        if self.frame_position is not None:
+            x = x + self.frame_position(*grid, device=x.device, dtype=dtype)
         rotary = self.rotary(*grid, device=x.device)
 
         text = encoder_hidden_states.to(dtype)

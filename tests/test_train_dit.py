@@ -250,3 +250,18 @@ def test_a_refiner_added_to_a_trained_transformer_trains_alone(model_dir, tmp_pa
 
     with pytest.raises(ValueError, match="--train-refiner-only"):
         train_dit.main(train_args(model_dir, tmp_path / "other", "--train-refiner-only", "--max-steps", "1"))
+
+
+def test_frame_position_grows_a_trained_transformer_and_needs_a_size(model_dir, tmp_path):
+    # --frame-position gives the folder's transformer its place-in-the-frame embedding: every trained
+    # weight is copied, and the new projection (zero at the start) learns.
+    run_dir = tmp_path / "run"
+    grow = ("--transformer-size", "tiny", "--init-transformer", str(model_dir), "--frame-position")
+    train_dit.main(train_args(model_dir, run_dir, *grow, "--max-steps", "2", "--lr", "1e-2"))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["config"]["frame_position_embedding"] is True
+    assert checkpoint["model"]["frame_position.proj.weight"].abs().max() > 0
+
+    with pytest.raises(ValueError, match="--frame-position"):
+        train_dit.main(train_args(model_dir, tmp_path / "other", "--frame-position", "--max-steps", "1"))
+    assert not (tmp_path / "other").exists()

@@ -1,11 +1,12 @@
-"""pipeline/transformer.py: shapes for every bucket, per-frame timesteps, 3D RoPE, checkpointing, the refiner."""
+"""pipeline/transformer.py: shapes for every bucket, per-frame timesteps, 3D RoPE, checkpointing, the refiner,
+the frame position."""
 
 import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from pipeline import presets
-from pipeline.transformer import RotaryPositionEmbedding3D, SpatioTemporalTransformer, rope_axes_split
+from pipeline.transformer import FramePositionEmbedder, RotaryPositionEmbedding3D, SpatioTemporalTransformer, rope_axes_split
 
 TEXT_TOKENS = 8
 
@@ -130,3 +131,39 @@ def test_a_refiner_starts_as_the_identity_and_travels_with_the_folder(tiny_trans
         reloaded = SpatioTemporalTransformer.from_pretrained(tmp_path / "transformer").eval()
         assert reloaded.config.refiner_channels == 8
         torch.testing.assert_close(reloaded(**args).sample, corrected, rtol=0, atol=1e-6)
+
+
+def test_frame_position_tells_edges_apart_in_every_aspect_ratio():
+    # RoPE alone is blind to where the frame ends; this embedding is not: the top row differs from
+    # the bottom one, and a token a given fraction of the way down gets the same vector in a short
+    # grid as in a tall one, so "the bottom edge" means the same at every size and aspect.
+    embedder = FramePositionEmbedder(hidden_size=16, frequencies=4)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        torch.nn.init.normal_(embedder.proj.weight)
+        short = embedder(2, 4, 4, cpu, torch.float32).reshape(2, 4, 4, 16)  # (T, H, W, D)
+        assert (short[0, 0, 0] - short[0, -1, 0]).abs().max() > 1e-3
+        torch.testing.assert_close(short[0], short[1])  # the same in every latent frame
+        embedder.proj.weight[:, -1] = 0  # leave out the aspect feature: only the place in the frame remains
+        short = embedder(1, 4, 4, cpu, torch.float32).reshape(4, 4, 16)
+        tall = embedder(1, 12, 4, cpu, torch.float32).reshape(12, 4, 16)
+    # Row centres are (i + 0.5) / H: rows 0..3 of 4 sit where rows 1, 4, 7, 10 of 12 sit.
+    torch.testing.assert_close(short, tall[1::3])
+
+
+def test_frame_position_starts_as_the_identity_and_travels_with_the_folder(tiny_transformer, tmp_path):
+    # A trained transformer given the frame position predicts exactly what it did (the projection
+    # starts at zero); once it has learned, the predictions change and the weights reload.
+    placed = SpatioTemporalTransformer.from_config(tiny_transformer.config, frame_position_embedding=True).eval()
+    missing, unexpected = placed.load_state_dict(tiny_transformer.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["frame_position.proj.bias", "frame_position.proj.weight"]
+    args = inputs(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(placed(**args).sample, tiny_transformer.eval()(**args).sample, rtol=0, atol=0)
+        torch.nn.init.normal_(placed.frame_position.proj.weight, std=0.5)
+        moved = placed(**args).sample
+        assert (moved - tiny_transformer(**args).sample).abs().max() > 1e-4
+        placed.save_pretrained(tmp_path / "transformer")
+        reloaded = SpatioTemporalTransformer.from_pretrained(tmp_path / "transformer").eval()
+        assert reloaded.config.frame_position_embedding
+        torch.testing.assert_close(reloaded(**args).sample, moved, rtol=0, atol=1e-6)

@@ -501,6 +501,8 @@ def main(args: argparse.Namespace):
         return
     if args.init_transformer and not args.transformer_size:
         raise ValueError("--init-transformer starts a new transformer: give --transformer-size too")
+    if args.frame_position and not args.transformer_size:
+        raise ValueError("--frame-position builds a new transformer: give --transformer-size (and --init-transformer to keep trained weights)")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
@@ -524,7 +526,8 @@ def main(args: argparse.Namespace):
         # so a finer latent keeps small objects without making attention 4x longer.
         patch = max(1, presets.PIXEL_MULTIPLE // vae.spatial_compression_ratio)
         model = transformer_from_size(
-            args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch), refiner_channels=args.refiner_channels
+            args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch), refiner_channels=args.refiner_channels,
+            frame_position_embedding=args.frame_position,
         )
         if args.init_transformer:
             accelerator.print(start_from_blocks(model, SpatioTemporalTransformer.from_pretrained(Path(args.init_transformer) / "transformer")))
@@ -659,6 +662,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --transformer-size: start from the blocks of this model folder's transformer (trained on another VAE's latents)",
     )
     parser.add_argument("--refiner-channels", type=int, default=0, help="with --transformer-size: add a conv refiner of this width (0: none)")
+    parser.add_argument(
+        "--frame-position", action="store_true",
+        help="with --transformer-size: tell every token where it is in the frame (starts at zero, so --init-transformer keeps the trained predictions)",
+    )
     parser.add_argument("--train-refiner-only", action="store_true", help="freeze everything but the refiner (a transformer just given one)")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
     parser.add_argument("--max-steps", type=int, default=None, help="stop at this step (counted over resumes)")
