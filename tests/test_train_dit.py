@@ -261,6 +261,9 @@ def test_frame_position_grows_a_trained_transformer_and_needs_a_size(model_dir, 
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["config"]["frame_position_embedding"] is True
     assert checkpoint["model"]["frame_position.proj.weight"].abs().max() > 0
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [group["lr_scale"] for group in groups] == [1.0, 10.0]  # the new projection learns faster
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
 
     with pytest.raises(ValueError, match="--frame-position"):
         train_dit.main(train_args(model_dir, tmp_path / "other", "--frame-position", "--max-steps", "1"))
