@@ -20,6 +20,9 @@ Kling's published design, written in the shape of DiT's `models.py` (Peebles & X
   the transformer little room for the fine detail that tells low noise from signal; a conv across
   patch borders sees it. Its last layer starts at zero, so a transformer that gains one starts with
   exactly its old predictions.
+* An optional frame position (`frame_position_embedding`): where each token sits as a fraction of
+  the frame's height and width, added to it through a projection that starts at zero. RoPE's
+  relative offsets cannot say where the frame ends, and the world's physics happens at its edges.
 """
 
 import math
