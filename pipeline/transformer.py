@@ -110,8 +110,9 @@ class FramePositionEmbedder(nn.Module):
         angles = torch.stack([rows, cols], dim=-1)[..., None] * math.pi * torch.arange(1, self.frequencies + 1, device=device)  # (H, W, 2, F)
         features = torch.cat([angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)  # (H, W, 4F)
         aspect = torch.full((height, width, 1), math.log(width / height), device=device)
-        features = torch.cat([features, aspect], dim=-1).reshape(1, height * width, -1).repeat(1, frames, 1)  # (1, N, 4F + 1)
-        return self.proj(features.to(dtype))  # (1, N, D), tokens ordered (t, h, w)
+        features = torch.cat([features, aspect], dim=-1).reshape(1, height * width, -1)  # (1, H*W, 4F + 1)
+        # Projected once for a frame's tokens, then repeated: every latent frame has the same layout.
+        return self.proj(features.to(dtype)).repeat(1, frames, 1)  # (1, N, D), tokens ordered (t, h, w)
 
 
 class ConditionEmbedder(nn.Module):
