@@ -30,6 +30,15 @@ OUTPUT_TYPES = ("np", "pil", "latent")
 PROMPT_CACHE_SIZE = 64  # encoded prompts kept; the studio re-runs the same prompt with new seeds
 
 
+def correlated_frame_noise(noise: torch.Tensor, correlation: float, generator=None) -> torch.Tensor:
+    """Unit-variance noise (B, C, T, H, W) whose latent frames share `correlation` of their variance
+    (the "mixed" noise of PYoCo, Ge et al., 2023): the layout that the first sampling steps read out
+    of the noise is then one layout for the whole clip, not one per latent frame. Training and
+    sampling must draw the same kind of noise."""
+    shared = randn_tensor((*noise.shape[:2], 1, *noise.shape[3:]), generator=generator, device=noise.device, dtype=noise.dtype)
+    return (1 - correlation) ** 0.5 * noise + correlation**0.5 * shared
+
+
 @dataclass
 class TextToVideoPipelineOutput(BaseOutput):
     r"""
@@ -54,11 +63,17 @@ class TextToVideoPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 20,  # sampling defaults measured for these weights
         default_guidance_scale: float = 5.0,
         model_name: str = "ling-small",  # what a video's recipe says made it
+        noise_frame_correlation: float = 0.0,  # share of the starting noise's variance that all latent frames share, as trained
     ):
         super().__init__()
+        if not 0.0 <= noise_frame_correlation < 1.0:
+            raise ValueError(f"`noise_frame_correlation` must be at least 0 and below 1, got {noise_frame_correlation!r}")
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
         self.register_to_config(
-            default_num_inference_steps=default_num_inference_steps, default_guidance_scale=default_guidance_scale, model_name=model_name
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=default_guidance_scale,
+            model_name=model_name,
+            noise_frame_correlation=noise_frame_correlation,
         )
         self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._interrupt = False
@@ -223,7 +238,11 @@ class TextToVideoPipeline(DiffusionPipeline):
             return latents.to(device=device, dtype=dtype)
         shape = self._latent_shape(batch_size, height, width, num_frames)
         # Noise is drawn on the CPU from the recipe's seed, so a seed means the same video on any device.
-        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device=device, dtype=dtype)
+        noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        correlation = self.config.noise_frame_correlation
+        if correlation:  # drawn after the per-frame noise, so a seed keeps its frames' noise
+            noise = correlated_frame_noise(noise, correlation, generator)
+        return noise.to(device=device, dtype=dtype)
 
     def iter_decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk_latent_frames: int = 2) -> Iterator[np.ndarray]:
         """Decode diffusion-space latents a few latent frames at a time: yields float arrays

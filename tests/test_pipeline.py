@@ -91,6 +91,36 @@ def test_save_and_load_round_trip(tiny_pipe, tmp_path):
     np.testing.assert_array_equal(run(loaded, seed=5), run(tiny_pipe, seed=5))
 
 
+# --- starting noise --------------------------------------------------------------------------------
+
+
+def frame_correlation(noise: torch.Tensor) -> float:
+    """Mean correlation between every pair of latent frames of a (1, C, T, H, W) noise."""
+    frames = noise[0].movedim(1, 0).flatten(1)  # (T, C * H * W)
+    matrix = torch.corrcoef(frames)
+    return float(matrix[~torch.eye(len(matrix), dtype=torch.bool)].mean())
+
+
+def test_noise_frame_correlation_shares_the_noise_across_latent_frames(tiny_pipe, tmp_path):
+    def starting_noise(pipe):  # (1, 16, 9, 16, 16) latents of seed 0
+        return pipe.prepare_latents(1, 128, 128, 33, seeded(0), "cpu", torch.float32)
+
+    independent = starting_noise(tiny_pipe)
+    assert abs(frame_correlation(independent)) < 0.05
+
+    tiny_pipe.register_to_config(noise_frame_correlation=0.6)
+    tiny_pipe.save_pretrained(tmp_path)
+    correlated = TextToVideoPipeline.from_pretrained(tmp_path)  # the folder keeps it
+    assert correlated.config.noise_frame_correlation == 0.6
+    noise = starting_noise(correlated)
+    assert frame_correlation(noise) == pytest.approx(0.6, abs=0.05)
+    assert noise.std().item() == pytest.approx(1.0, abs=0.05)  # still unit variance, as trained
+    torch.testing.assert_close(noise, starting_noise(correlated))  # a seed stays a seed
+
+    with pytest.raises(ValueError, match="noise_frame_correlation"):
+        TextToVideoPipeline.from_components(tiny_pipe.vae, tiny_pipe.transformer, noise_frame_correlation=1.0)
+
+
 # --- input checks ----------------------------------------------------------------------------------
 
 

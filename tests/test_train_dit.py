@@ -268,3 +268,28 @@ def test_frame_position_grows_a_trained_transformer_and_needs_a_size(model_dir, 
     with pytest.raises(ValueError, match="--frame-position"):
         train_dit.main(train_args(model_dir, tmp_path / "other", "--frame-position", "--max-steps", "1"))
     assert not (tmp_path / "other").exists()
+
+
+def test_noise_frame_correlation_trains_and_exports_the_shared_noise(model_dir, tmp_path):
+    # The loss draws noise whose latent frames share the asked-for part of its variance ...
+    torch.manual_seed(0)
+    model = RecordingModel()
+    args = train_dit.parse_args(["--context-prob", "0", "--noise-frame-correlation", "0.5"])
+    latents = torch.zeros(32, 4, 6, 8, 8)  # clean latents of zero: the noisy input is sigma * noise
+    train_dit.flow_matching_loss(model, latents, None, None, None, None, args)
+    noise = model.inputs["noisy"] / (model.inputs["timestep"][:, None, :, None, None] / 1000)
+    first, last = noise[:, :, 0].flatten(), noise[:, :, -1].flatten()
+    assert torch.corrcoef(torch.stack([first, last]))[0, 1].item() == pytest.approx(0.5, abs=0.06)
+
+    # ... the export tells the pipeline to sample from that noise, and a run from that folder keeps it.
+    run_dir, out_dir = tmp_path / "run", tmp_path / "exported"
+    train_dit.main(train_args(model_dir, run_dir, "--noise-frame-correlation", "0.5", "--max-steps", "1"))
+    train_dit.main(train_dit.parse_args(["--run-dir", str(run_dir), "--export", str(out_dir)]))
+    assert TextToVideoPipeline.from_pretrained(out_dir).config.noise_frame_correlation == 0.5
+    assert TextToVideoPipeline.from_pretrained(model_dir).config.noise_frame_correlation == 0.0
+    train_dit.main(train_args(out_dir, tmp_path / "again", "--max-steps", "1"))
+    assert torch.load(tmp_path / "again" / "checkpoint.pt", weights_only=False)["args"]["noise_frame_correlation"] == 0.5
+
+    with pytest.raises(ValueError, match="--noise-frame-correlation"):
+        train_dit.main(train_args(model_dir, tmp_path / "other", "--noise-frame-correlation", "1", "--max-steps", "1"))
+    assert not (tmp_path / "other").exists()

@@ -23,7 +23,9 @@ One script for one CPU, one GPU or many (accelerate). What it does, top to botto
    timestep 1000 s. That is the convention of diffusers' FlowMatchEulerDiscreteScheduler, which
    samples with timesteps = sigmas * 1000 and steps x += (sigma_next - sigma) * velocity. With
    --frame-noise-prob a share of videos draws a level per latent frame instead (as Diffusion
-   Forcing, Chen et al., 2024, trains).
+   Forcing, Chen et al., 2024, trains). With --noise-frame-correlation the latent frames of a video
+   share part of their noise (PYoCo's mixed noise, Ge et al., 2023), and the export tells the
+   pipeline to sample from that noise too.
 4. Continuation: in a share of videos (--context-prob) the first k latent frames (1 <= k <= T / 2)
    are given clean (x_s = x0, timestep 0) and left out of the loss, so the same model continues a
    video or animates a first frame (TextToVideoPipeline's `context`).
@@ -55,7 +57,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image, ImageDraw
 
 from pipeline import presets
-from pipeline.pipeline_t2v import TextToVideoPipeline
+from pipeline.pipeline_t2v import TextToVideoPipeline, correlated_frame_noise
 from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer, transformer_from_size
 from pipeline.vae import CausalVideoVAE
 from training import history, world
@@ -310,6 +312,8 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
     sigma = sigma.masked_fill(is_context, 0.0)  # (B, T): 0 on context frames
 
     noise = torch.randn_like(latents)
+    if args.noise_frame_correlation:
+        noise = correlated_frame_noise(noise, args.noise_frame_correlation)
     sigma_5d = sigma[:, None, :, None, None]  # (B, 1, T, 1, 1)
     noisy = (1 - sigma_5d) * latents + sigma_5d * noise  # exactly x0 on context frames
     target = noise - latents
@@ -468,6 +472,8 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
     index = json.loads(index_path.read_text())
     index["default_num_inference_steps"] = args.steps if args.steps is not None else index.get("default_num_inference_steps", 20)
     index["default_guidance_scale"] = args.guidance if args.guidance is not None else index.get("default_guidance_scale", 5.0)
+    # Sampling must start from the kind of noise the transformer was trained on.
+    index["noise_frame_correlation"] = checkpoint["args"].get("noise_frame_correlation") or 0.0
     temp_index = index_path.with_suffix(".tmp")
     temp_index.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     os.replace(temp_index, index_path)
@@ -505,6 +511,8 @@ def main(args: argparse.Namespace):
         raise ValueError(f"--frame-position-lr-scale must be above 0, got {args.frame_position_lr_scale}")
     if args.frame_position and not args.transformer_size:
         raise ValueError("--frame-position builds a new transformer: give --transformer-size (and --init-transformer to keep trained weights)")
+    if args.noise_frame_correlation is not None and not 0 <= args.noise_frame_correlation < 1:
+        raise ValueError(f"--noise-frame-correlation must be at least 0 and below 1, got {args.noise_frame_correlation}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
@@ -513,6 +521,8 @@ def main(args: argparse.Namespace):
 
     # 1. Frozen parts from the model folder; the transformer from the checkpoint, a size, or the folder.
     pipe = TextToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
+    if args.noise_frame_correlation is None:  # the noise the folder's transformer was trained on
+        args.noise_frame_correlation = pipe.config.noise_frame_correlation
     vae = pipe.vae.to(device).eval().requires_grad_(False)
     pipe.text_encoder.to(device)
     fingerprint = vae_fingerprint(vae)
@@ -574,6 +584,7 @@ def main(args: argparse.Namespace):
         scheduler=scheduler,
         default_num_inference_steps=pipe.config.default_num_inference_steps,
         default_guidance_scale=pipe.config.default_guidance_scale,
+        noise_frame_correlation=args.noise_frame_correlation,
     )
     sampler.set_progress_bar_config(disable=True)
     accelerator.print(f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device} x {accelerator.num_processes}")
@@ -696,6 +707,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on latents that cover an object")
     parser.add_argument(
         "--temporal-weight", type=float, default=0.0, help="weight of a loss on the frame-to-frame changes of the predicted clean latents (0: off)"
+    )
+    parser.add_argument(
+        "--noise-frame-correlation",
+        type=float,
+        default=None,
+        help="share of the noise's variance that all latent frames of a video share (PYoCo's mixed noise; default: the folder's, 0 for independent frames)",
     )
     parser.add_argument("--context-prob", type=float, default=0.3, help="share of videos whose first latent frames are clean context")
     parser.add_argument(
