@@ -26,6 +26,7 @@ import torch
 from eval.__main__ import FPS
 from pipeline import presets
 from pipeline.generate import load_pipeline
+from pipeline.pipeline_t2v import correlated_frame_noise
 from training import world
 from training.train_dit import encode_latents
 
@@ -73,6 +74,8 @@ def main(args: argparse.Namespace) -> dict:
     conditioning = pipe.encode_prompt(captions, torch.device("cpu"))
     generator = torch.Generator("cpu").manual_seed(0)
     noise = torch.randn(x0.shape, generator=generator)
+    if pipe.config.noise_frame_correlation:  # the kind of noise the transformer was trained on
+        noise = correlated_frame_noise(noise, pipe.config.noise_frame_correlation, generator)
 
     # 1. One prediction per noise level.
     levels = []
