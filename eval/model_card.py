@@ -100,7 +100,12 @@ def main(args: argparse.Namespace):
         f"| scheduler/ | config | FlowMatchEulerDiscreteScheduler, shift {pipe.scheduler.config.shift:g} |",
         "",
         f"Sampling defaults, chosen on the eval: {pipe.config.default_num_inference_steps} steps, guidance {pipe.config.default_guidance_scale:g}, "
-        f"shift {pipe.scheduler.config.shift:g}.",
+        f"shift {pipe.scheduler.config.shift:g}"
+        + (
+            f"; the starting noise's latent frames share {pipe.config.noise_frame_correlation:g} of its variance, as the transformer trained."
+            if pipe.config.noise_frame_correlation
+            else "."
+        ),
         "",
         "## Training",
         "",
