@@ -32,9 +32,9 @@ PROMPT_CACHE_SIZE = 64  # encoded prompts kept; the studio re-runs the same prom
 
 def correlated_frame_noise(noise: torch.Tensor, correlation: float, generator=None) -> torch.Tensor:
     """Unit-variance noise (B, C, T, H, W) whose latent frames share `correlation` of their variance
-    (the "mixed" noise of PYoCo, Ge et al., 2023): the layout that the first sampling steps read out
-    of the noise is then one layout for the whole clip, not one per latent frame. Training and
-    sampling must draw the same kind of noise."""
+    (the "mixed" noise of PYoCo, Ge et al., 2023), so that the layout the first sampling steps read
+    out of the noise can be one layout for the whole clip rather than one per latent frame. Training
+    and sampling must draw the same kind of noise."""
     shared = randn_tensor((*noise.shape[:2], 1, *noise.shape[3:]), generator=generator, device=noise.device, dtype=noise.dtype)
     return (1 - correlation) ** 0.5 * noise + correlation**0.5 * shared
 

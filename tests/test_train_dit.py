@@ -281,9 +281,12 @@ def test_noise_frame_correlation_trains_and_exports_the_shared_noise(model_dir, 
     first, last = noise[:, :, 0].flatten(), noise[:, :, -1].flatten()
     assert torch.corrcoef(torch.stack([first, last]))[0, 1].item() == pytest.approx(0.5, abs=0.06)
 
-    # ... the export tells the pipeline to sample from that noise, and a run from that folder keeps it.
+    # ... a resumed run keeps it, the export tells the pipeline to sample from that noise, and a run
+    # from that folder keeps it.
     run_dir, out_dir = tmp_path / "run", tmp_path / "exported"
     train_dit.main(train_args(model_dir, run_dir, "--noise-frame-correlation", "0.5", "--max-steps", "1"))
+    train_dit.main(train_args(model_dir, run_dir, "--max-steps", "2"))  # resumed without the flag: the run's noise, not the folder's
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["args"]["noise_frame_correlation"] == 0.5
     train_dit.main(train_dit.parse_args(["--run-dir", str(run_dir), "--export", str(out_dir)]))
     assert TextToVideoPipeline.from_pretrained(out_dir).config.noise_frame_correlation == 0.5
     assert TextToVideoPipeline.from_pretrained(model_dir).config.noise_frame_correlation == 0.0

@@ -521,13 +521,14 @@ def main(args: argparse.Namespace):
 
     # 1. Frozen parts from the model folder; the transformer from the checkpoint, a size, or the folder.
     pipe = TextToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
-    if args.noise_frame_correlation is None:  # the noise the folder's transformer was trained on
-        args.noise_frame_correlation = pipe.config.noise_frame_correlation
     vae = pipe.vae.to(device).eval().requires_grad_(False)
     pipe.text_encoder.to(device)
     fingerprint = vae_fingerprint(vae)
     checkpoint_path = run_dir / "checkpoint.pt"
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.exists() else None
+    if args.noise_frame_correlation is None:  # the noise the run, or else the folder's transformer, trained on
+        trained_on = checkpoint["args"].get("noise_frame_correlation") if checkpoint is not None else None
+        args.noise_frame_correlation = trained_on if trained_on is not None else pipe.config.noise_frame_correlation
     torch.manual_seed(args.seed)  # a new transformer's initial weights
     if checkpoint is not None:
         model = SpatioTemporalTransformer.from_config(plain_config(checkpoint["config"]))
