@@ -26,7 +26,6 @@ import torch
 from eval.__main__ import FPS
 from pipeline import presets
 from pipeline.generate import load_pipeline
-from pipeline.pipeline_t2v import correlated_frame_noise
 from training import world
 from training.train_dit import encode_latents
 
@@ -73,9 +72,7 @@ def main(args: argparse.Namespace) -> dict:
     x0, captions = world_latents(pipe, args.clips)
     conditioning = pipe.encode_prompt(captions, torch.device("cpu"))
     generator = torch.Generator("cpu").manual_seed(0)
-    noise = torch.randn(x0.shape, generator=generator)
-    if pipe.config.noise_frame_correlation:  # the kind of noise the transformer was trained on
-        noise = correlated_frame_noise(noise, pipe.config.noise_frame_correlation, generator)
+    noise = pipe.starting_noise(x0.shape, generator)
 
     # 1. One prediction per noise level.
     levels = []

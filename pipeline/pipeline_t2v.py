@@ -236,13 +236,15 @@ class TextToVideoPipeline(DiffusionPipeline):
     def prepare_latents(self, batch_size, height, width, num_frames, generator, device, dtype, latents=None) -> torch.Tensor:
         if latents is not None:
             return latents.to(device=device, dtype=dtype)
-        shape = self._latent_shape(batch_size, height, width, num_frames)
-        # Noise is drawn on the CPU from the recipe's seed, so a seed means the same video on any device.
+        return self.starting_noise(self._latent_shape(batch_size, height, width, num_frames), generator).to(device=device, dtype=dtype)
+
+    def starting_noise(self, shape, generator=None) -> torch.Tensor:
+        """fp32 noise (B, C, T, h, w) of the kind this folder's transformer was trained on, drawn on
+        the CPU from the generator, so a seed means the same video on any device."""
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-        correlation = self.config.noise_frame_correlation
-        if correlation:  # drawn after the per-frame noise, so a seed keeps its frames' noise
-            noise = correlated_frame_noise(noise, correlation, generator)
-        return noise.to(device=device, dtype=dtype)
+        if self.config.noise_frame_correlation:  # drawn after the per-frame noise, so a seed keeps its frames' noise
+            noise = correlated_frame_noise(noise, self.config.noise_frame_correlation, generator)
+        return noise
 
     def iter_decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk_latent_frames: int = 2) -> Iterator[np.ndarray]:
         """Decode diffusion-space latents a few latent frames at a time: yields float arrays
