@@ -185,6 +185,26 @@ def test_object_weight_counts_object_latents_more():
     assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)
 
 
+def test_object_weight_fade_keeps_the_extra_weight_to_low_noise_levels():
+    """With --object-weight-fade F the object latents weigh 1 + w (1 - sigma)**F: near pure noise,
+    where a weight that depends on the target would bias the layout, objects count as background."""
+    latents = torch.zeros(1, 4, 2, 2, 2)
+    object_mask = torch.zeros(1, 1, 2, 2, 2)
+    object_mask[..., 0, 0] = 1
+    args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "3", "--object-weight-fade", "2"])
+    torch.manual_seed(1)
+    loss, _ = train_dit.flow_matching_loss(RecordingModel(), latents, None, None, None, None, args, object_mask)
+    torch.manual_seed(1)
+    sigma = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(1)).item()
+    torch.randint(1, 2, (1,)), torch.rand(1)
+    noise = torch.randn_like(latents)
+    weight = 1 + 3 * (1 - sigma) ** 2 * object_mask
+    assert 0 < sigma < 1
+    assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)
+    with pytest.raises(ValueError, match="--object-weight-fade"):
+        train_dit.main(train_dit.parse_args(["--object-weight-fade", "-1", "--run-dir", "/nonexistent/run"]))
+
+
 def test_temporal_weight_scores_frame_to_frame_changes_of_the_clean_prediction():
     """A prediction whose error is the same in every frame moves the velocity loss but not the
     temporal term; one whose error alternates from frame to frame moves both."""

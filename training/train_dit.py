@@ -328,7 +328,13 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
     )[0]
     weight = (~is_context)[:, None, :, None, None].float().expand(-1, -1, -1, *latents.shape[3:])  # (B, 1, T, H, W)
     if object_mask is not None and args.object_weight:
-        weight = weight * (1 + args.object_weight * object_mask)
+        # A weight that depends on the target biases the optimum towards the heavy targets: where
+        # the noise hides where the object is, the best prediction under weight 1 + w on object
+        # latents is (1 + w) p / (1 + w p) of an object at a place it covers with chance p, not p,
+        # so the layout steps see several objects where one was asked for. (1 - sigma)**fade lets
+        # the extra weight count only where the noise has stopped hiding the objects.
+        fade = (1 - sigma).pow(args.object_weight_fade)[:, None, :, None, None]  # (B, 1, T, 1, 1); 0**0 = 1
+        weight = weight * (1 + args.object_weight * fade * object_mask)
     error = (prediction.float() - target).pow(2) * weight
     loss = error.sum() / (weight.sum() * channels)
     parts = {"context_frames": float(is_context.float().mean())}
@@ -513,6 +519,8 @@ def main(args: argparse.Namespace):
         raise ValueError("--frame-position builds a new transformer: give --transformer-size (and --init-transformer to keep trained weights)")
     if args.noise_frame_correlation is not None and not 0 <= args.noise_frame_correlation < 1:
         raise ValueError(f"--noise-frame-correlation must be at least 0 and below 1, got {args.noise_frame_correlation}")
+    if args.object_weight_fade < 0:
+        raise ValueError(f"--object-weight-fade must be 0 or more, got {args.object_weight_fade}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
@@ -706,6 +714,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logit-mean", type=float, default=0.0, help="noise levels s = sigmoid(N(mean, std)), as SD3")
     parser.add_argument("--logit-std", type=float, default=1.0)
     parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on latents that cover an object")
+    parser.add_argument(
+        "--object-weight-fade", type=float, default=0.0,
+        help="scale the extra object weight by (1 - sigma)**FADE, so it counts only at low noise levels (0: the same at every level)",
+    )
     parser.add_argument(
         "--temporal-weight", type=float, default=0.0, help="weight of a loss on the frame-to-frame changes of the predicted clean latents (0: off)"
     )
