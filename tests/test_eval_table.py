@@ -3,6 +3,7 @@ number in range, and the same model gives the same table twice (fixed prompts, f
 
 import json
 
+import numpy as np
 import pytest
 
 from eval.__main__ import build_prompt_sets, main, parse_args
@@ -153,14 +154,27 @@ def test_denoise_measures_each_noise_level_and_the_sampler_tail(tiny_pipe, tmp_p
     assert [row["sigma"] for row in report["levels"]] == list(denoise.NOISE_LEVELS)
     for row in report["levels"]:
         assert row["x0_error"] >= 0 and row["removed"] == pytest.approx(1 - row["x0_error"] / row["sigma"])
+        assert row["object_mass"] > 0
     assert [row["steps"] for row in report["sampler_tail"]] == [2, 1]  # the last two sigmas, each carried to 0
     assert all(0 <= row["high_frequency"] <= row["left"] + 1e-6 for row in report["sampler_tail"])
-    assert "| sigma | velocity error | x0 error | removed |" in capsys.readouterr().out
+    assert "| sigma | velocity error | x0 error | removed | object mass |" in capsys.readouterr().out
     assert json.loads((tmp_path / "denoise.json").read_text()) == report
     assert denoise.main(denoise.parse_args(args))["levels"] == report["levels"]  # seeded clips and noise
 
 
-@pytest.mark.parametrize("option", ["--clips", "--tail-steps"])
+def test_background_frames_see_through_the_objects_to_a_gradient():
+    from eval.denoise import background_frames
+
+    rows = np.linspace(0, 200, 8).astype(np.uint8)  # a vertical gradient, as the sky and sunset
+    frames = np.broadcast_to(rows[None, None, :, None, None], (1, 2, 8, 6, 3)).copy()
+    masks = np.zeros(frames.shape[:4], bool)
+    frames[0, :, 2:5, 1:3] = 255  # an object over three rows
+    masks[0, :, 2:5, 1:3] = True
+    expected = np.broadcast_to(rows.astype(np.float32)[None, None, :, None, None], frames.shape)
+    assert np.array_equal(background_frames(frames, masks), expected)
+
+
+@pytest.mark.parametrize("option", ["--clips", "--tail-steps", "--objects"])
 def test_denoise_rejects_a_count_below_one_naming_the_option(option):
     from eval import denoise
 

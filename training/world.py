@@ -679,7 +679,13 @@ def describe(scene: Scene) -> str:
 
 
 def sample_clip(
-    seed: int, aspect: str, quality: str = "fast", duration: float = 2.0, fps: int = 15, held_out: bool = False
+    seed: int,
+    aspect: str,
+    quality: str = "fast",
+    duration: float = 2.0,
+    fps: int = 15,
+    held_out: bool = False,
+    num_objects: int | None = None,
 ) -> tuple[Scene, str, RenderedClip]:
     """(scene, caption, clip) for one seed at an aspect bucket and quality preset of presets.py.
 
@@ -687,5 +693,5 @@ def sample_clip(
     """
     height, width = presets.resolution(aspect, quality)
     rng = np.random.default_rng(seed)
-    scene = sample_scene(rng, held_out=held_out)
+    scene = sample_scene(rng, held_out=held_out, num_objects=num_objects)
     return scene, caption(scene, rng), render(scene, height, width, presets.num_frames(duration, fps), fps)
