@@ -168,6 +168,15 @@ def test_latent_object_mask_follows_the_causal_vae_grouping():
     assert np.array_equal(latent[0], expected)
 
 
+def replayed_noise_level_and_noise(seed, latents, args):
+    """The noise level and noise flow_matching_loss drew for one video after torch.manual_seed(seed)
+    (no context): the model predicts 0, so its error is the noise itself, to weight by hand."""
+    torch.manual_seed(seed)
+    sigma = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(1)).item()
+    torch.randint(1, 2, (1,)), torch.rand(1)  # the draws before the noise: context length, context or not
+    return sigma, torch.randn_like(latents)
+
+
 def test_object_weight_counts_object_latents_more():
     torch.manual_seed(0)
     latents = torch.zeros(1, 4, 2, 2, 2)
@@ -177,10 +186,7 @@ def test_object_weight_counts_object_latents_more():
     args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "3"])
     torch.manual_seed(1)
     loss, _ = train_dit.flow_matching_loss(model, latents, None, None, None, None, args, object_mask)
-    # The model predicts 0, so the error is the noise itself: recover it and weight by hand.
-    torch.manual_seed(1)
-    torch.randn(1), torch.randint(1, 2, (1,)), torch.rand(1)  # the draws before the noise: level, context length, context or not
-    noise = torch.randn_like(latents)
+    _, noise = replayed_noise_level_and_noise(1, latents, args)
     weight = 1 + 3 * object_mask
     assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)
 
@@ -194,10 +200,7 @@ def test_object_weight_fade_keeps_the_extra_weight_to_low_noise_levels():
     args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "3", "--object-weight-fade", "2"])
     torch.manual_seed(1)
     loss, _ = train_dit.flow_matching_loss(RecordingModel(), latents, None, None, None, None, args, object_mask)
-    torch.manual_seed(1)
-    sigma = torch.sigmoid(args.logit_mean + args.logit_std * torch.randn(1)).item()
-    torch.randint(1, 2, (1,)), torch.rand(1)
-    noise = torch.randn_like(latents)
+    sigma, noise = replayed_noise_level_and_noise(1, latents, args)
     weight = 1 + 3 * (1 - sigma) ** 2 * object_mask
     assert 0 < sigma < 1
     assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)
