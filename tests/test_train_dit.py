@@ -208,6 +208,24 @@ def test_object_weight_fade_keeps_the_extra_weight_to_low_noise_levels():
         train_dit.main(train_dit.parse_args(["--object-weight-fade", "-1", "--run-dir", "/nonexistent/run"]))
 
 
+def test_object_weight_max_sigma_drops_the_extra_weight_only_above_it():
+    """With --object-weight-max-sigma S the object latents weigh 1 + w at noise levels up to S and 1
+    above it: the layout steps are unbiased and the middle levels keep the whole weight."""
+    latents = torch.zeros(1, 4, 2, 2, 2)
+    object_mask = torch.zeros(1, 1, 2, 2, 2)
+    object_mask[..., 0, 0] = 1
+    args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "3"])
+    sigma, noise = replayed_noise_level_and_noise(1, latents, args)
+    for max_sigma, extra in ((min(1.0, sigma + 0.01), 3), (sigma - 0.01, 0)):
+        args = train_dit.parse_args(["--context-prob", "0", "--object-weight", "3", "--object-weight-max-sigma", str(max_sigma)])
+        torch.manual_seed(1)
+        loss, _ = train_dit.flow_matching_loss(RecordingModel(), latents, None, None, None, None, args, object_mask)
+        weight = 1 + extra * object_mask
+        assert loss.item() == pytest.approx(((noise**2) * weight).sum().item() / (weight.sum().item() * 4), rel=1e-5)
+    with pytest.raises(ValueError, match="--object-weight-max-sigma"):
+        train_dit.main(train_dit.parse_args(["--object-weight-max-sigma", "0", "--run-dir", "/nonexistent/run"]))
+
+
 def test_temporal_weight_scores_frame_to_frame_changes_of_the_clean_prediction():
     """A prediction whose error is the same in every frame moves the velocity loss but not the
     temporal term; one whose error alternates from frame to frame moves both."""

@@ -333,7 +333,10 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
         # latents is (1 + w) p / (1 + w p) of an object at a place it covers with chance p, not p,
         # so the layout steps see several objects where one was asked for. (1 - sigma)**fade lets
         # the extra weight count only where the noise has stopped hiding the objects.
-        fade = (1 - sigma).pow(args.object_weight_fade)[:, None, :, None, None]  # (B, 1, T, 1, 1); 0**0 = 1
+        # --object-weight-max-sigma instead drops it only above a level, keeping the full weight at the
+        # middle levels, where a second object's colour is drawn.
+        fade = (1 - sigma).pow(args.object_weight_fade) * (sigma <= args.object_weight_max_sigma)
+        fade = fade[:, None, :, None, None]  # (B, 1, T, 1, 1); 0**0 = 1
         weight = weight * (1 + args.object_weight * fade * object_mask)
     error = (prediction.float() - target).pow(2) * weight
     loss = error.sum() / (weight.sum() * channels)
@@ -521,6 +524,8 @@ def main(args: argparse.Namespace):
         raise ValueError(f"--noise-frame-correlation must be at least 0 and below 1, got {args.noise_frame_correlation}")
     if args.object_weight_fade < 0:
         raise ValueError(f"--object-weight-fade must be 0 or more, got {args.object_weight_fade}")
+    if not 0 < args.object_weight_max_sigma <= 1:
+        raise ValueError(f"--object-weight-max-sigma must be above 0 and at most 1, got {args.object_weight_max_sigma}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
@@ -717,6 +722,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--object-weight-fade", type=float, default=0.0,
         help="scale the extra object weight by (1 - sigma)**FADE, so it counts only at low noise levels (0: the same at every level)",
+    )
+    parser.add_argument(
+        "--object-weight-max-sigma", type=float, default=1.0,
+        help="give the extra object weight only to noise levels at or below this sigma (1: every level)",
     )
     parser.add_argument(
         "--temporal-weight", type=float, default=0.0, help="weight of a loss on the frame-to-frame changes of the predicted clean latents (0: off)"
