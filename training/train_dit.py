@@ -60,7 +60,7 @@ from pipeline import presets
 from pipeline.pipeline_t2v import TextToVideoPipeline, correlated_frame_noise
 from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer, transformer_from_size
 from pipeline.vae import CausalVideoVAE
-from training import history, world
+from training import history, precision, world
 from training.init_model import copy_matching_weights
 
 SAMPLE_SEED = 2_000_000_007  # scenes and noise of the contact sheets; training seeds stay below
@@ -529,7 +529,7 @@ def main(args: argparse.Namespace):
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision.resolve(args.mixed_precision))
     device = accelerator.device
 
     # 1. Frozen parts from the model folder; the transformer from the checkpoint, a size, or the folder.
@@ -614,7 +614,8 @@ def main(args: argparse.Namespace):
         cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint, compression)
         # bf16 encodes 3x faster on a CPU and its latents differ from fp32 by under 1% of their std,
         # far below the noise the transformer learns to remove.
-        encoder = copy.deepcopy(vae).to(torch.bfloat16) if args.encode_precision == "bf16" else vae
+        encode_in_bf16 = precision.resolve(args.encode_precision, slow="fp32") == "bf16"
+        encoder = copy.deepcopy(vae).to(torch.bfloat16) if encode_in_bf16 else vae
         cache.build(encoder, args.seed, args.encode_batch, accelerator)
         del encoder
         accelerator.wait_for_everyone()
@@ -712,7 +713,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="videos per batch at 16:9, 2 s, 15 fps; other buckets hold as many tokens")
     parser.add_argument("--cache-latents", type=int, default=0, help="encode this many clips per bucket once and train on them (0: render every batch)")
     parser.add_argument("--encode-batch", type=int, default=8, help="clips per VAE call while building the cache")
-    parser.add_argument("--encode-precision", choices=["fp32", "bf16"], default="bf16", help="VAE precision while building the cache")
+    parser.add_argument(
+        "--encode-precision", choices=["auto", "fp32", "bf16"], default="auto", help="VAE precision while building the cache (auto: bf16 where it is native)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers rendering clips (default: 0 on CPU, up to 8 with a GPU)")
     parser.add_argument("--text-cache", type=int, default=4096, help="captions whose MiniLM states are kept")
     # loss
@@ -747,7 +750,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--decay-steps", type=int, default=0, help="cosine decay to lr / 10 over this many steps (0: constant after warm-up)")
     parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16", help="autocast; bf16 also helps on an AVX512-BF16 CPU (small, batch 8: 2.3 -> 1.9 s/step)")
+    parser.add_argument(
+        "--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+        help="autocast (auto: bf16 where it is native; it helps an AVX512-BF16 CPU, small, batch 8: 2.3 -> 1.9 s/step, and cripples an AVX2 one)",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward: less memory, ~15%% more time on a CPU")
     # logging, samples and export
     parser.add_argument("--log-every", type=int, default=10)

@@ -38,7 +38,7 @@ from PIL import Image
 
 from pipeline import presets
 from pipeline.vae import CausalVideoVAE
-from training import history
+from training import history, precision
 from training.init_model import copy_matching_weights
 from training.world import render, sample_scene
 
@@ -310,7 +310,7 @@ def main(args: argparse.Namespace):
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the calibration runs
 
     # 1. Model, EMA, optimizer; resume if the run folder has a checkpoint.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision.resolve(args.mixed_precision))
     checkpoint_path = run_dir / "checkpoint.pt"
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.exists() else None
     if checkpoint is not None:
@@ -503,7 +503,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="weight of a patch critic's loss relative to the reconstruction loss (0: none); sharpens star points and corners",
     )
     parser.add_argument("--adversarial-start", type=int, default=0, help="step (counted over resumes) at which the critic joins in")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="bf16")
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto", help="autocast (auto: bf16 where it is native)")
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--save-minutes", type=float, default=5.0)
     parser.add_argument("--eval-clips", type=int, default=12)
