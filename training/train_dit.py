@@ -333,8 +333,8 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
         # latents is (1 + w) p / (1 + w p) of an object at a place it covers with chance p, not p,
         # so the layout steps see several objects where one was asked for. (1 - sigma)**fade lets
         # the extra weight count only where the noise has stopped hiding the objects.
-        # --object-weight-max-sigma instead drops it only above a level, keeping the full weight at the
-        # middle levels, where a second object's colour is drawn.
+        # --object-weight-max-sigma instead drops it only above a level and keeps it whole below (at
+        # 0.8 it lost held-out and two-object colours as the fades did; assets/next/README.md).
         fade = (1 - sigma).pow(args.object_weight_fade) * (sigma <= args.object_weight_max_sigma)
         fade = fade[:, None, :, None, None]  # (B, 1, T, 1, 1); 0**0 = 1
         weight = weight * (1 + args.object_weight * fade * object_mask)
@@ -612,7 +612,7 @@ def main(args: argparse.Namespace):
     if args.cache_latents:
         compression = (vae.temporal_compression_ratio, vae.spatial_compression_ratio)
         cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint, compression)
-        # bf16 encodes 3x faster on a CPU and its latents differ from fp32 by under 1% of their std,
+        # bf16 encodes 3x faster on an AVX512-BF16 CPU and its latents differ from fp32 by under 1% of their std,
         # far below the noise the transformer learns to remove.
         encode_in_bf16 = precision.resolve(args.encode_precision, slow="fp32") == "bf16"
         encoder = copy.deepcopy(vae).to(torch.bfloat16) if encode_in_bf16 else vae
@@ -752,7 +752,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument(
         "--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
-        help="autocast (auto: bf16 where it is native; it helps an AVX512-BF16 CPU, small, batch 8: 2.3 -> 1.9 s/step, and cripples an AVX2 one)",
+        help="autocast (auto: bf16 where it is native: it helps an AVX512-BF16 CPU, small, batch 8: 2.3 -> 1.9 s/step; an AVX2 CPU emulates its matmuls ~90x slower)",
     )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute blocks in backward: less memory, ~15%% more time on a CPU")
     # logging, samples and export
