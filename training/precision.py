@@ -14,8 +14,8 @@ def bf16_is_fast() -> bool:
     return cpu_has("_is_avx512_bf16_supported") or cpu_has("_is_amx_tile_supported")
 
 
-def resolve(choice: str, fast: str = "bf16", slow: str = "no") -> str:
-    """An --X-precision argument: "auto" becomes `fast` where bf16 is native and `slow` elsewhere."""
+def resolve(choice: str, slow: str = "no") -> str:
+    """An --X-precision argument: "auto" becomes "bf16" where bf16 is native and `slow` elsewhere."""
     if choice != "auto":
         return choice
-    return fast if bf16_is_fast() else slow
+    return "bf16" if bf16_is_fast() else slow
