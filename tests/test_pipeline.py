@@ -121,6 +121,43 @@ def test_noise_frame_correlation_shares_the_noise_across_latent_frames(tiny_pipe
         TextToVideoPipeline.from_components(tiny_pipe.vae, tiny_pipe.transformer, noise_frame_correlation=1.0)
 
 
+# --- guidance interval -----------------------------------------------------------------------------
+
+
+def transformer_batch_sizes(pipe, **overrides) -> tuple[list[int], np.ndarray]:
+    """The batch size of every transformer call of one video (2 where guided, 1 where not) and its frames."""
+    sizes = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        frames = run(pipe, **overrides)
+    finally:
+        hook.remove()
+    return sizes, frames
+
+
+def test_guidance_interval_guides_only_the_noise_levels_inside_it(tiny_pipe, tmp_path):
+    four_steps = dict(num_inference_steps=4, guidance_scale=5.0)
+    tiny_pipe.scheduler.set_timesteps(4)
+    inside = [0.2 <= float(sigma) <= 0.8 for sigma in tiny_pipe.scheduler.sigmas[:4]]
+    assert inside.count(True) not in (0, 4)  # the interval below cuts the schedule (shift 2: 1, 0.86, 0.67, 0.4)
+
+    everywhere, guided_frames = transformer_batch_sizes(tiny_pipe, **four_steps)
+    assert everywhere == [2, 2, 2, 2]  # the default interval, (0, 1), guides every step
+    partly, partly_frames = transformer_batch_sizes(tiny_pipe, guidance_interval=(0.2, 0.8), **four_steps)
+    assert partly == [2 if flag else 1 for flag in inside]  # outside: one pass, the text alone
+    nowhere, nowhere_frames = transformer_batch_sizes(tiny_pipe, guidance_interval=(0.0, 0.0), **four_steps)
+    assert nowhere == [1, 1, 1, 1]
+    np.testing.assert_array_equal(nowhere_frames, run(tiny_pipe, num_inference_steps=4, guidance_scale=1.0))
+    assert not np.array_equal(partly_frames, guided_frames) and not np.array_equal(partly_frames, nowhere_frames)
+
+    tiny_pipe.register_to_config(default_guidance_interval=[0.2, 0.8])
+    tiny_pipe.save_pretrained(tmp_path)
+    loaded = TextToVideoPipeline.from_pretrained(tmp_path)  # the folder keeps it as its default
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_guidance_interval == [0.2, 0.8]
+    assert transformer_batch_sizes(loaded, **four_steps)[0] == partly
+
+
 # --- input checks ----------------------------------------------------------------------------------
 
 
@@ -146,6 +183,9 @@ BAD_INPUTS = [
     bad_call("num_inference_steps", 1.5),
     bad_call("guidance_scale", 0.5),
     bad_call("guidance_scale", "5"),
+    bad_call("guidance_interval", (0.8, 0.2)),
+    bad_call("guidance_interval", (0.0, 1.5)),
+    bad_call("guidance_interval", 0.8),
     bad_call("generator", [seeded(0)], prompt=["one", "two"]),
     bad_call("latents", torch.zeros(1, 16, 8, 2, 4)),  # one latent frame short of 30 frames
     bad_call("output_type", "mp4"),

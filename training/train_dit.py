@@ -481,6 +481,7 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
     index = json.loads(index_path.read_text())
     index["default_num_inference_steps"] = args.steps if args.steps is not None else index.get("default_num_inference_steps", 20)
     index["default_guidance_scale"] = args.guidance if args.guidance is not None else index.get("default_guidance_scale", 5.0)
+    index["default_guidance_interval"] = args.guidance_interval or index.get("default_guidance_interval", [0.0, 1.0])
     # Sampling must start from the kind of noise the transformer was trained on.
     index["noise_frame_correlation"] = checkpoint["args"].get("noise_frame_correlation") or 0.0
     temp_index = index_path.with_suffix(".tmp")
@@ -499,6 +500,7 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
         "step": checkpoint["step"],
         "default_num_inference_steps": pipe.config.default_num_inference_steps,
         "default_guidance_scale": pipe.config.default_guidance_scale,
+        "default_guidance_interval": pipe.config.default_guidance_interval,
         "shift": pipe.scheduler.config.shift,
     }
     print(json.dumps(summary))
@@ -598,6 +600,7 @@ def main(args: argparse.Namespace):
         scheduler=scheduler,
         default_num_inference_steps=pipe.config.default_num_inference_steps,
         default_guidance_scale=pipe.config.default_guidance_scale,
+        default_guidance_interval=args.guidance_interval or pipe.config.default_guidance_interval,
         noise_frame_correlation=args.noise_frame_correlation,
     )
     sampler.set_progress_bar_config(disable=True)
@@ -762,8 +765,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps for contact sheets and the exported default (default: the folder's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale for contact sheets and the exported default (default: the folder's)")
     parser.add_argument("--shift", type=float, default=None, help="scheduler shift for contact sheets and the export (default: the folder's)")
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+        help="noise levels (sigma) at which guidance applies, for contact sheets and the exported default (default: the folder's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.guidance_interval is not None and not 0.0 <= args.guidance_interval[0] <= args.guidance_interval[1] <= 1.0:
+        parser.error(f"--guidance-interval must be LOW HIGH with 0 <= LOW <= HIGH <= 1 (got {' '.join(map(str, args.guidance_interval))})")
+    return args
 
 
 if __name__ == "__main__":
