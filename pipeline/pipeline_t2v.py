@@ -64,7 +64,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         default_guidance_scale: float = 5.0,
         model_name: str = "ling-small",  # what a video's recipe says made it
         noise_frame_correlation: float = 0.0,  # share of the starting noise's variance that all latent frames share, as trained
-        default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),  # noise levels (sigma) that get guidance, measured
+        default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),  # noise levels (sigma) that get guidance
     ):
         super().__init__()
         if not 0.0 <= noise_frame_correlation < 1.0:
@@ -398,7 +398,7 @@ class TextToVideoPipeline(DiffusionPipeline):
                 # Per latent frame: clean context frames are at timestep 0, the rest at t.
                 timestep = t.expand(1, latents.shape[2]).clone()  # (1, T)
                 timestep[:, :context_frames] = 0
-                # Guidance at the first, noisiest steps sets the layout; measured, it drew extra copies there.
+                # Guidance outside the folder's interval is skipped: the text alone, in one pass (faster).
                 guided = do_guidance and guidance_interval[0] <= float(self.scheduler.sigmas[step]) <= guidance_interval[1]
                 noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], timestep, i, conditioning, guided, guidance_scale, frame_rate) for i in range(batch_size)])
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
