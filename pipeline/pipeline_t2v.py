@@ -69,6 +69,8 @@ class TextToVideoPipeline(DiffusionPipeline):
         super().__init__()
         if not 0.0 <= noise_frame_correlation < 1.0:
             raise ValueError(f"`noise_frame_correlation` must be at least 0 and below 1, got {noise_frame_correlation!r}")
+        if len(default_guidance_interval) != 2 or not 0.0 <= default_guidance_interval[0] <= default_guidance_interval[1] <= 1.0:
+            raise ValueError(f"`default_guidance_interval` must be two noise levels (low, high) with 0 <= low <= high <= 1, got {default_guidance_interval!r}")
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,

@@ -157,6 +157,9 @@ def test_guidance_interval_guides_only_the_noise_levels_inside_it(tiny_pipe, tmp
     assert loaded.config.default_guidance_interval == [0.2, 0.8]
     assert transformer_batch_sizes(loaded, **four_steps)[0] == partly
 
+    with pytest.raises(ValueError, match="default_guidance_interval"):
+        TextToVideoPipeline.from_components(tiny_pipe.vae, tiny_pipe.transformer, default_guidance_interval=(0.9, 0.1))
+
 
 # --- input checks ----------------------------------------------------------------------------------
 
