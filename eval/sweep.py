@@ -25,6 +25,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from eval.__main__ import FPS, build_prompt_sets, generate_frames, noise_seed, normal_speed_travel
 from eval.analyzer import analyze, match
 from pipeline.generate import load_pipeline
+from pipeline.pipeline_t2v import check_guidance_interval
 
 
 def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> dict:
@@ -83,10 +84,9 @@ def parse_interval(text: str) -> tuple[float, float]:
     """'0-0.8' -> (0.0, 0.8): the noise levels at which a sweep setting applies guidance."""
     try:
         low, high = (float(part) for part in text.split("-"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a guidance interval is LOW-HIGH, e.g. 0-0.8; got {text!r}") from None
-    if not 0.0 <= low <= high <= 1.0:
-        raise argparse.ArgumentTypeError(f"a guidance interval needs 0 <= LOW <= HIGH <= 1; got {text!r}")
+        check_guidance_interval((low, high), "--guidance-interval")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"a guidance interval is LOW-HIGH with 0 <= LOW <= HIGH <= 1, e.g. 0-0.8; got {text!r}") from error
     return low, high
 
 

@@ -49,6 +49,17 @@ class TextToVideoPipelineOutput(BaseOutput):
     frames: np.ndarray | list[list[PIL.Image.Image]] | torch.Tensor
 
 
+def check_guidance_interval(interval, name: str = "guidance_interval") -> None:
+    """Raise ValueError naming `name` unless `interval` is two noise levels (low, high), 0 <= low <= high <= 1."""
+    if not (
+        isinstance(interval, (tuple, list))
+        and len(interval) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+        and 0.0 <= interval[0] <= interval[1] <= 1.0
+    ):
+        raise ValueError(f"`{name}` must be two noise levels (low, high) with 0 <= low <= high <= 1, got {interval!r}")
+
+
 class TextToVideoPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _callback_tensor_inputs = ["latents", "noise_pred"]
@@ -69,8 +80,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         super().__init__()
         if not 0.0 <= noise_frame_correlation < 1.0:
             raise ValueError(f"`noise_frame_correlation` must be at least 0 and below 1, got {noise_frame_correlation!r}")
-        if len(default_guidance_interval) != 2 or not 0.0 <= default_guidance_interval[0] <= default_guidance_interval[1] <= 1.0:
-            raise ValueError(f"`default_guidance_interval` must be two noise levels (low, high) with 0 <= low <= high <= 1, got {default_guidance_interval!r}")
+        check_guidance_interval(default_guidance_interval, "default_guidance_interval")
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,
@@ -159,13 +169,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             raise ValueError(f"`num_inference_steps` must be a whole number of at least 1, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1.0:
             raise ValueError(f"`guidance_scale` must be a number of at least 1.0 (1.0 turns guidance off), got {guidance_scale!r}")
-        if not (
-            isinstance(guidance_interval, (tuple, list))
-            and len(guidance_interval) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_interval)
-            and 0.0 <= guidance_interval[0] <= guidance_interval[1] <= 1.0
-        ):
-            raise ValueError(f"`guidance_interval` must be two noise levels (low, high) with 0 <= low <= high <= 1, got {guidance_interval!r}")
+        check_guidance_interval(guidance_interval)
         if isinstance(generator, list) and len(generator) != len(prompt):
             raise ValueError(f"`generator` is a list of {len(generator)} generators but there are {len(prompt)} prompts")
         if latents is not None:

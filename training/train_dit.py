@@ -57,7 +57,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image, ImageDraw
 
 from pipeline import presets
-from pipeline.pipeline_t2v import TextToVideoPipeline, correlated_frame_noise
+from pipeline.pipeline_t2v import TextToVideoPipeline, check_guidance_interval, correlated_frame_noise
 from pipeline.transformer import TRANSFORMER_SIZES, SpatioTemporalTransformer, transformer_from_size
 from pipeline.vae import CausalVideoVAE
 from training import history, precision, world
@@ -771,8 +771,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.guidance_interval is not None and not 0.0 <= args.guidance_interval[0] <= args.guidance_interval[1] <= 1.0:
-        parser.error(f"--guidance-interval must be LOW HIGH with 0 <= LOW <= HIGH <= 1 (got {' '.join(map(str, args.guidance_interval))})")
+    if args.guidance_interval is not None:
+        try:
+            check_guidance_interval(args.guidance_interval, "--guidance-interval")
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
