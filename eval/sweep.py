@@ -84,7 +84,7 @@ def parse_interval(text: str) -> tuple[float, float]:
     """'0-0.8' -> (0.0, 0.8): the noise levels at which a sweep setting applies guidance."""
     try:
         low, high = (float(part) for part in text.split("-"))
-        check_guidance_interval((low, high), "--guidance-interval")
+        check_guidance_interval((low, high))  # its ValueError is reworded below for the command line
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"a guidance interval is LOW-HIGH with 0 <= LOW <= HIGH <= 1, e.g. 0-0.8; got {text!r}") from error
     return low, high
