@@ -218,3 +218,24 @@ def test_anchor_weight_needs_a_starting_encoder_that_trains(tmp_path, extra):
     with pytest.raises(ValueError, match="--anchor-weight"):
         train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--max-steps", "1", *extra]))
     assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+
+def test_focus_shapes_fill_the_share_of_clips_asked_for():
+    import numpy as np
+
+    def share_with_a_star(focus_share: float) -> float:
+        buffer = train_vae.ClipBuffer(0, 5, [15], np.random.default_rng(0), focus_shapes=["star"], focus_share=focus_share)
+        return float(np.mean([any(obj.shape == "star" for obj in buffer.new_scene().objects) for _ in range(200)]))
+
+    assert share_with_a_star(1.0) == 1.0
+    assert share_with_a_star(0.0) < 0.6  # the world's own share (a quarter of the objects are stars)
+    frames, mask = train_vae.ClipBuffer(0, 5, [15], np.random.default_rng(0), focus_shapes=["star"], focus_share=1.0)._new_clip()
+    assert frames.shape[0] == 5 and mask.any()
+
+
+@pytest.mark.parametrize("extra", [["--focus-share", "0.5"], ["--focus-share", "1.5", "--focus-shapes", "star"]])
+def test_focus_share_needs_shapes_and_a_share_in_range(tmp_path, extra):
+    with pytest.raises(ValueError, match="--focus-share"):
+        train_vae.main(train_vae.parse_args(["--run-dir", str(tmp_path / "run"), "--max-steps", "1", *extra]))
+    assert not (tmp_path / "run").exists()

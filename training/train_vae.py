@@ -40,7 +40,7 @@ from pipeline import presets
 from pipeline.vae import CausalVideoVAE
 from training import history, precision
 from training.init_model import copy_matching_weights
-from training.world import render, sample_scene
+from training.world import SHAPES, render, sample_scene
 
 EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; training seeds stay below
 
@@ -50,10 +50,10 @@ EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; train
 # ------------------------------------------------------------------------------------------------
 
 
-def render_world_clip(seed: int, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast"):
-    """(frames uint8 (T, H, W, 3), object mask bool (T, H, W)) of one world clip."""
+def render_world_clip(seed: int, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast", scene=None):
+    """(frames uint8 (T, H, W, 3), object mask bool (T, H, W)) of one world clip (of `scene` if given, else the seed's)."""
     height, width = presets.resolution(aspect, quality)
-    scene = sample_scene(np.random.default_rng(seed))
+    scene = scene if scene is not None else sample_scene(np.random.default_rng(seed))
     clip = render(scene, height, width, num_frames, fps)
     return clip.frames, clip.object_masks
 
@@ -67,17 +67,28 @@ def to_model_space(frames: np.ndarray) -> torch.Tensor:
 class ClipBuffer:
     """A rolling buffer of rendered clips from which random crops are cut."""
 
-    def __init__(self, size: int, clip_frames: int, fps_choices, rng: np.random.Generator):
+    def __init__(self, size: int, clip_frames: int, fps_choices, rng: np.random.Generator, focus_shapes=(), focus_share: float = 0.0):
         self.rng = rng
         self.clip_frames = clip_frames
         self.fps_choices = fps_choices
+        self.focus_shapes = tuple(focus_shapes)
+        self.focus_share = focus_share
         self.clips = [self._new_clip() for _ in range(size)]
         self.next_slot = 0
 
     def _new_clip(self):
         aspect = self.rng.choice(list(presets.ASPECT_RATIOS))
         fps = int(self.rng.choice(self.fps_choices))
-        return render_world_clip(int(self.rng.integers(EVAL_SEED_OFFSET)), aspect, self.clip_frames, fps)
+        return render_world_clip(0, aspect, self.clip_frames, fps, scene=self.new_scene())
+
+    def new_scene(self):
+        scene = sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
+        if self.focus_shapes and self.rng.random() < self.focus_share:
+            # Redraw until a focus shape is in the scene: the shapes round trips lose (moving stars,
+            # small triangles) are a quarter of the world's objects, too few for the decoder to learn.
+            while not any(obj.shape in self.focus_shapes for obj in scene.objects):
+                scene = sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
+        return scene
 
     def refresh(self, count: int):
         for _ in range(count):
@@ -302,6 +313,8 @@ def main(args: argparse.Namespace):
         return
     if args.latent_noise < 0 or (args.latent_noise and not args.freeze_encoder):
         raise ValueError(f"--latent-noise must be 0 or more and needs --freeze-encoder (a trained encoder would outgrow the noise), got {args.latent_noise}")
+    if not 0 <= args.focus_share <= 1 or (args.focus_share and not args.focus_shapes):
+        raise ValueError(f"--focus-share must be in [0, 1] and needs --focus-shapes, got {args.focus_share}")
     if args.anchor_weight < 0 or (args.anchor_weight and args.freeze_encoder):
         raise ValueError(f"--anchor-weight must be 0 or more and cannot go with --freeze-encoder (a frozen encoder cannot drift), got {args.anchor_weight}")
     if args.anchor_weight and not args.init_from and not (run_dir / "checkpoint.pt").exists():
@@ -372,7 +385,7 @@ def main(args: argparse.Namespace):
 
     # 2. Data: a rolling buffer of clips (seeded by the step so a resumed run sees new clips).
     rng = np.random.default_rng(args.seed + step)
-    buffer = ClipBuffer(args.buffer_clips, args.clip_frames, presets.FPS_CHOICES, rng)
+    buffer = ClipBuffer(args.buffer_clips, args.clip_frames, presets.FPS_CHOICES, rng, args.focus_shapes, args.focus_share)
 
     # 3. Train for the time budget.
     log = open(run_dir / "log.jsonl", "a")
@@ -491,6 +504,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--crop-size", type=int, default=64, help="pixels, square; 32 made the decoder invent objects on whole frames")
     parser.add_argument("--object-centred", type=float, default=0.8, help="share of crops centred near an object")
     parser.add_argument("--clip-frames", type=int, default=17)
+    parser.add_argument(
+        "--focus-shapes", nargs="+", default=[], choices=list(SHAPES),
+        help="shapes to show more of (see --focus-share); round trips lose moving stars' points first",
+    )
+    parser.add_argument("--focus-share", type=float, default=0.0, help="share of training clips redrawn until they hold a --focus-shapes object")
     parser.add_argument("--buffer-clips", type=int, default=256)
     parser.add_argument("--refresh-per-step", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-4, help="2e-3 stalled with L1 in the loss")
