@@ -212,9 +212,11 @@ def vae_rows(vae, num_clips: int) -> dict:
         reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample[0].float().cpu()
         frames = ((reconstruction.movedim(0, -1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
         verdict = match(analyze(frames, FPS), scene)
-        for obj in verdict["objects"]:
+        for truth, obj in zip(scene.objects, verdict["objects"]):
             for attribute in ("colour", "shape", "motion"):
                 agree.setdefault(attribute, []).append(obj[attribute])
+            # Per shape too: the shape row is lost almost entirely on stars (their points), so say which.
+            agree.setdefault(f"shape_of_{truth.shape}s", []).append(obj["shape"])
     metrics.update({f"analyzer_{k}": float(np.mean(v)) for k, v in agree.items()})
     return metrics
 

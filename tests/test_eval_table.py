@@ -75,6 +75,8 @@ def test_vae_only_measures_a_vae_folder_with_no_transformer(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "8x space" in printed and "| psnr_objects |" in printed and "| analyzer_shape |" in printed
     assert set(report) >= {"psnr", "psnr_objects", "analyzer_colour", "analyzer_shape", "analyzer_motion"}
+    per_shape = [key for key in report if key.startswith("analyzer_shape_of_")]
+    assert per_shape and all(0 <= report[key] <= 1 for key in per_shape)
     assert json.loads((tmp_path / "vae.json").read_text()) == report
 
 
