@@ -220,7 +220,6 @@ def test_anchor_weight_needs_a_starting_encoder_that_trains(tmp_path, extra):
     assert not (tmp_path / "run").exists()  # nothing half-made
 
 
-
 def test_focus_shapes_fill_the_share_of_clips_asked_for():
     import numpy as np
 

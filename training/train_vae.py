@@ -50,10 +50,10 @@ EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; train
 # ------------------------------------------------------------------------------------------------
 
 
-def render_world_clip(seed: int, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast", scene=None):
-    """(frames uint8 (T, H, W, 3), object mask bool (T, H, W)) of one world clip (of `scene` if given, else the seed's)."""
+def render_world_clip(seed: int, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast"):
+    """(frames uint8 (T, H, W, 3), object mask bool (T, H, W)) of one world clip."""
     height, width = presets.resolution(aspect, quality)
-    scene = scene if scene is not None else sample_scene(np.random.default_rng(seed))
+    scene = sample_scene(np.random.default_rng(seed))
     clip = render(scene, height, width, num_frames, fps)
     return clip.frames, clip.object_masks
 
@@ -79,13 +79,14 @@ class ClipBuffer:
     def _new_clip(self):
         aspect = self.rng.choice(list(presets.ASPECT_RATIOS))
         fps = int(self.rng.choice(self.fps_choices))
-        return render_world_clip(0, aspect, self.clip_frames, fps, scene=self.new_scene())
+        clip = render(self.new_scene(), *presets.resolution(aspect, "fast"), self.clip_frames, fps)
+        return clip.frames, clip.object_masks
 
     def new_scene(self):
         scene = sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
         if self.focus_shapes and self.rng.random() < self.focus_share:
-            # Redraw until a focus shape is in the scene: the shapes round trips lose (moving stars,
-            # small triangles) are a quarter of the world's objects, too few for the decoder to learn.
+            # Redraw until a focus shape is in the scene, so the loss sees more of the shapes round
+            # trips lose (moving stars, small triangles). Without focus the random stream is as before.
             while not any(obj.shape in self.focus_shapes for obj in scene.objects):
                 scene = sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
         return scene
