@@ -52,9 +52,12 @@ EVAL_SEED_OFFSET = 1_000_000_000  # evaluation clips use seeds above this; train
 
 def render_world_clip(seed: int, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast"):
     """(frames uint8 (T, H, W, 3), object mask bool (T, H, W)) of one world clip."""
-    height, width = presets.resolution(aspect, quality)
-    scene = sample_scene(np.random.default_rng(seed))
-    clip = render(scene, height, width, num_frames, fps)
+    return render_scene_clip(sample_scene(np.random.default_rng(seed)), aspect, num_frames, fps, quality)
+
+
+def render_scene_clip(scene, aspect: str, num_frames: int, fps: int = 15, quality: str = "fast"):
+    """(frames, object mask) of a given scene, as render_world_clip."""
+    clip = render(scene, *presets.resolution(aspect, quality), num_frames, fps)
     return clip.frames, clip.object_masks
 
 
@@ -79,16 +82,18 @@ class ClipBuffer:
     def _new_clip(self):
         aspect = self.rng.choice(list(presets.ASPECT_RATIOS))
         fps = int(self.rng.choice(self.fps_choices))
-        clip = render(self.new_scene(), *presets.resolution(aspect, "fast"), self.clip_frames, fps)
-        return clip.frames, clip.object_masks
+        return render_scene_clip(self.new_scene(), aspect, self.clip_frames, fps)
 
     def new_scene(self):
-        scene = sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
-        if self.focus_shapes and self.rng.random() < self.focus_share:
-            # Redraw until a focus shape is in the scene, so the loss sees more of the shapes round
-            # trips lose (moving stars, small triangles). Without focus the random stream is as before.
-            while not any(obj.shape in self.focus_shapes for obj in scene.objects):
-                scene = sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
+        def draw():
+            return sample_scene(np.random.default_rng(int(self.rng.integers(EVAL_SEED_OFFSET))))
+
+        scene = draw()
+        # Redraw until a focus shape is in the scene, so the loss sees more of the shapes round trips
+        # lose (stars, small triangles). Without focus the random stream is as before.
+        focused = self.focus_shapes and self.rng.random() < self.focus_share
+        while focused and not any(obj.shape in self.focus_shapes for obj in scene.objects):
+            scene = draw()
         return scene
 
     def refresh(self, count: int):
@@ -507,7 +512,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clip-frames", type=int, default=17)
     parser.add_argument(
         "--focus-shapes", nargs="+", default=[], choices=list(SHAPES),
-        help="shapes to show more of (see --focus-share); round trips lose moving stars' points first",
+        help="shapes to show more of (see --focus-share); round trips lose stars' points first",
     )
     parser.add_argument("--focus-share", type=float, default=0.0, help="share of training clips redrawn until they hold a --focus-shapes object")
     parser.add_argument("--buffer-clips", type=int, default=256)
