@@ -11,7 +11,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
 from pipeline.pipeline_t2v import TextToVideoPipeline
-from training import train_dit
+from training import train_dit, world
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +88,31 @@ def test_latent_cache_is_built_once_and_trained_on(model_dir, tmp_path):
     train_dit.main(train_args(model_dir, run_dir, *cached, "--max-steps", "3"))
     assert [f.stat().st_mtime_ns for f in files] == modified  # the cache was reused, not rebuilt
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_focus_shapes_take_the_share_of_cached_draws_asked_for(tmp_path):
+    scenes = [world.sample_scene(np.random.default_rng(seed)) for seed in range(60)]
+    holds_star = np.array([scene.holds_shape(["star"]) for scene in scenes])
+
+    def share_drawn_with_a_star(focus_shapes, focus_share) -> float:
+        bucket = train_dit.Bucket("16:9", 1.0, 15, 64, 112, 17, (5, 16, 28), 4)
+        cache = train_dit.LatentCache(tmp_path, [bucket], 60, "", (4, 4), focus_shapes, focus_share)
+        # A clip's latent is its index, so a draw says which clips it took.
+        cache.latents, cache.object_masks, cache.scenes = [torch.arange(60.0)[:, None]], [torch.zeros(60, 1)], [scenes]
+        cache.clip_weights = [cache._focus_weights(scenes)]
+        rng = np.random.default_rng(0)
+        drawn = torch.cat([cache.sample(rng)[1][:, 0] for _ in range(500)]).long().numpy()
+        return holds_star[drawn].mean()
+
+    assert 0.2 < holds_star.mean() < 0.6
+    assert abs(share_drawn_with_a_star([], 0.0) - holds_star.mean()) < 0.05  # uniform without focus
+    assert abs(share_drawn_with_a_star(["star"], 0.8) - 0.8) < 0.05
+
+
+def test_focus_share_needs_shapes_a_cache_and_a_share_in_range(model_dir, tmp_path):
+    for extra in (["--focus-share", "0.5", "--cache-latents", "3"], ["--focus-shapes", "star", "--focus-share", "0.5"], ["--focus-shapes", "star", "--focus-share", "2", "--cache-latents", "3"]):
+        with pytest.raises(ValueError, match="--focus-share"):
+            train_dit.main(train_args(model_dir, tmp_path / "run", *extra))
 
 
 class RecordingModel(torch.nn.Module):

@@ -188,15 +188,21 @@ class LatentCache:
     fingerprint. A file made by another VAE, or with fewer clips, is made again. The latent object
     masks of the loss are rendered again from the scenes when the cache is loaded (a few ms a clip)."""
 
-    def __init__(self, folder: Path, buckets: list[Bucket], clips_per_bucket: int, fingerprint: str, compression: tuple[int, int]):
+    def __init__(
+        self, folder: Path, buckets: list[Bucket], clips_per_bucket: int, fingerprint: str, compression: tuple[int, int],
+        focus_shapes=(), focus_share: float = 0.0,
+    ):
         self.folder = folder
         self.buckets = buckets
         self.clips_per_bucket = clips_per_bucket
         self.fingerprint = fingerprint
         self.compression = compression  # (temporal, spatial) of the VAE
+        self.focus_shapes = tuple(focus_shapes)
+        self.focus_share = focus_share
         self.latents: list[torch.Tensor] = []
         self.scenes: list[list[world.Scene]] = []
         self.object_masks: list[torch.Tensor] = []
+        self.clip_weights: list[np.ndarray | None] = []
 
     def path(self, bucket: Bucket) -> Path:
         return self.folder / f"{bucket.name}.pt"
@@ -237,13 +243,25 @@ class LatentCache:
                 for scene in self.scenes[-1]
             ]
             self.object_masks.append(torch.from_numpy(np.stack(masks)).half())
+            self.clip_weights.append(self._focus_weights(self.scenes[-1]))
+
+    def _focus_weights(self, scenes: list[world.Scene]) -> np.ndarray | None:
+        """Draw probabilities that give clips holding a focus shape focus_share of the draws (None:
+        uniform, as without focus). The cached clips stay as they are, so a focused run reuses the
+        cache of a plain one."""
+        if not self.focus_shapes:
+            return None
+        focused = np.array([scene.holds_shape(self.focus_shapes) for scene in scenes])
+        if focused.all() or not focused.any():
+            return None
+        return np.where(focused, self.focus_share / focused.sum(), (1 - self.focus_share) / (~focused).sum())
 
     def sample(self, rng: np.random.Generator) -> tuple[int, torch.Tensor, list[str], torch.Tensor]:
         """(bucket index, latents (B, C, t, h, w) float, captions, latent object masks (B, 1, t, h, w))
         of random cached clips of a random bucket."""
         index = int(rng.integers(len(self.buckets)))
         count = min(self.buckets[index].batch_size, self.clips_per_bucket)
-        clips = torch.from_numpy(rng.choice(self.clips_per_bucket, size=count, replace=False))
+        clips = torch.from_numpy(rng.choice(self.clips_per_bucket, size=count, replace=False, p=self.clip_weights[index]))
         captions = [world.training_caption(self.scenes[index][i], rng) for i in clips.tolist()]
         return index, self.latents[index][clips].float(), captions, self.object_masks[index][clips].float()
 
@@ -528,6 +546,8 @@ def main(args: argparse.Namespace):
         raise ValueError(f"--object-weight-fade must be 0 or more, got {args.object_weight_fade}")
     if not 0 < args.object_weight_max_sigma <= 1:
         raise ValueError(f"--object-weight-max-sigma must be above 0 and at most 1, got {args.object_weight_max_sigma}")
+    if not 0 <= args.focus_share <= 1 or (args.focus_share and not (args.focus_shapes and args.cache_latents)):
+        raise ValueError(f"--focus-share must be in [0, 1] and needs --focus-shapes and --cache-latents, got {args.focus_share}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)  # denormals made CPU steps 4x slower in the VAE's calibration runs
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU matmuls in fp32 parts of the step
@@ -614,7 +634,7 @@ def main(args: argparse.Namespace):
     torch.manual_seed(args.seed + step + 1_000_003 * accelerator.process_index)
     if args.cache_latents:
         compression = (vae.temporal_compression_ratio, vae.spatial_compression_ratio)
-        cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint, compression)
+        cache = LatentCache(run_dir / "latents", buckets, args.cache_latents, fingerprint, compression, args.focus_shapes, args.focus_share)
         # bf16 encodes 3x faster on an AVX512-BF16 CPU and its latents differ from fp32 by under 1% of their std,
         # far below the noise the transformer learns to remove.
         encode_in_bf16 = precision.resolve(args.encode_precision, slow="fp32") == "bf16"
@@ -715,6 +735,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fps", nargs="+", type=int, choices=presets.FPS_CHOICES, default=list(presets.FPS_CHOICES))
     parser.add_argument("--batch-size", type=int, default=8, help="videos per batch at 16:9, 2 s, 15 fps; other buckets hold as many tokens")
     parser.add_argument("--cache-latents", type=int, default=0, help="encode this many clips per bucket once and train on them (0: render every batch)")
+    parser.add_argument(
+        "--focus-shapes", nargs="+", default=[], choices=list(world.SHAPES),
+        help="shapes to show more of (see --focus-share); generated stars are read right far less often than other shapes",
+    )
+    parser.add_argument("--focus-share", type=float, default=0.0, help="share of cached clips drawn from those holding a --focus-shapes object")
     parser.add_argument("--encode-batch", type=int, default=8, help="clips per VAE call while building the cache")
     parser.add_argument(
         "--encode-precision", choices=["auto", "fp32", "bf16"], default="auto", help="VAE precision while building the cache (auto: bf16 where it is native)"

@@ -92,7 +92,7 @@ class ClipBuffer:
         # Redraw until a focus shape is in the scene, so the loss sees more of the shapes round trips
         # lose (stars, small triangles). Without focus the random stream is as before.
         focused = self.focus_shapes and self.rng.random() < self.focus_share
-        while focused and not any(obj.shape in self.focus_shapes for obj in scene.objects):
+        while focused and not scene.holds_shape(self.focus_shapes):
             scene = draw()
         return scene
 

@@ -114,6 +114,9 @@ class Scene:
             if value not in (*BACKGROUNDS, None) or (name == "background" and value is None):
                 raise ValueError(f"Scene.{name} must be one of {list(BACKGROUNDS)}, got {value!r}")
 
+    def holds_shape(self, shapes) -> bool:
+        """Whether any object is one of these shapes."""
+        return any(obj.shape in shapes for obj in self.objects)
 
     def to_dict(self) -> dict:
         """Plain data for the JSON kept beside a clip; from_dict reads it back."""
