@@ -107,6 +107,7 @@ def test_focus_shapes_take_the_share_of_cached_draws_asked_for(tmp_path):
     assert 0.2 < holds_star.mean() < 0.6
     assert abs(share_drawn_with_a_star([], 0.0) - holds_star.mean()) < 0.05  # uniform without focus
     assert abs(share_drawn_with_a_star(["star"], 0.8) - 0.8) < 0.05
+    assert share_drawn_with_a_star(["star"], 1.0) > 0.99  # and a bucket with fewer stars than a batch still fills it
 
 
 def test_focus_share_needs_shapes_a_cache_and_a_share_in_range(model_dir, tmp_path):

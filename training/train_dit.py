@@ -254,7 +254,11 @@ class LatentCache:
         focused = np.array([scene.holds_shape(self.focus_shapes) for scene in scenes])
         if focused.all() or not focused.any():
             return None
-        return np.where(focused, self.focus_share / focused.sum(), (1 - self.focus_share) / (~focused).sum())
+        weights = np.where(focused, self.focus_share / focused.sum(), (1 - self.focus_share) / (~focused).sum())
+        # A share of 0 or 1 leaves one group a tiny weight instead of none: a batch larger than the
+        # other group still fills up (numpy refuses to draw more clips than have a non-zero weight).
+        weights = np.maximum(weights, 1e-9)
+        return weights / weights.sum()
 
     def sample(self, rng: np.random.Generator) -> tuple[int, torch.Tensor, list[str], torch.Tensor]:
         """(bucket index, latents (B, C, t, h, w) float, captions, latent object masks (B, 1, t, h, w))
