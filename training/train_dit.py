@@ -249,14 +249,14 @@ class LatentCache:
         """Draw probabilities that give clips holding a focus shape focus_share of the draws (None:
         uniform, as without focus). The cached clips stay as they are, so a focused run reuses the
         cache of a plain one."""
-        if not self.focus_shapes:
+        if not (self.focus_shapes and self.focus_share):  # a share of 0 asks for no focus, not for no focus shapes
             return None
         focused = np.array([scene.holds_shape(self.focus_shapes) for scene in scenes])
         if focused.all() or not focused.any():
             return None
         weights = np.where(focused, self.focus_share / focused.sum(), (1 - self.focus_share) / (~focused).sum())
-        # A share of 0 or 1 leaves one group a tiny weight instead of none: a batch larger than the
-        # other group still fills up (numpy refuses to draw more clips than have a non-zero weight).
+        # A share of 1 leaves the other clips a tiny weight instead of none, so a batch larger than the
+        # focused clips still fills up (numpy refuses to draw more clips than have a non-zero weight).
         weights = np.maximum(weights, 1e-9)
         return weights / weights.sum()
 
