@@ -58,13 +58,16 @@ class PromptSet:
     results: list[dict] = field(default_factory=list)
 
 
+PROMPT_SET_SIZES = {"seen": 16, "held_out": 10, "paraphrased": 8, "two_objects": 8, "three_objects": 4}
+PROMPT_SET_NAMES = list(PROMPT_SET_SIZES)
+
+
 def build_prompt_sets(quick: bool) -> list[PromptSet]:
     """Fixed scenes and their prompts: canonical wording, except the paraphrase set."""
     scale = 0.5 if quick else 1.0
-    sizes = {"seen": 16, "held_out": 10, "paraphrased": 8, "two_objects": 8, "three_objects": 4}
     rng = np.random.default_rng(EVAL_SEED)
     sets = []
-    for name, count in sizes.items():
+    for name, count in PROMPT_SET_SIZES.items():
         count = max(2, int(count * scale))
         held_out = name == "held_out"
         num_objects = {"two_objects": 2, "three_objects": 3}.get(name, 1)

@@ -4,10 +4,14 @@ every (steps, guidance, shift) asked for, read by the analyzer, one table row pe
     python -m eval.sweep --model assets/model --steps 12 20 --guidance 3 5 8 --shift 1 3
     python -m eval.sweep --full --noise-draws 2 --guidance 5 7 --shift 3 5   # 52 videos a setting
     python -m eval.sweep --full --noise-draws 2 --steps 20 --guidance 7 --shift 3 --guidance-interval 0-1 0-0.8
+    python -m eval.sweep --full --sets two_objects --noise-draws 4 --first-draw 3 --steps 20 --guidance 5 --shift 3
 
 The score of a setting is the mean, over the prompts' objects, of colour, shape and motion being
 right, with background and object count per video counted alongside: a setting that paints extra
-blobs loses on count. Travel (frame heights that normal-speed straight movers cover in the clip; the
+blobs loses on count. "All colours" is the share of videos with every object in its colour (the
+two-object bar). `--sets` picks other prompt sets of the eval, and `--first-draw` lets two processes
+split the noise draws of one comparison: one eval draw moves a row by 6-10 points a prompt, so rows
+that decide between two models need more draws than the full eval's 26 minutes give. Travel (frame heights that normal-speed straight movers cover in the clip; the
 bar is 0.4) is shown beside it, not scored: the quick sets hold too few such movers to rank by it. Write the winner into the folder with
 `python -m training.train_dit --run-dir runs/dit --export assets/model --steps S --guidance G --shift X
 --guidance-interval LOW HIGH`.
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from eval.__main__ import FPS, build_prompt_sets, generate_frames, noise_seed, normal_speed_travel
+from eval.__main__ import FPS, PROMPT_SET_NAMES, build_prompt_sets, generate_frames, noise_seed, normal_speed_travel
 from eval.analyzer import analyze, match
 from pipeline.generate import load_pipeline
 from pipeline.pipeline_t2v import check_guidance_interval
@@ -42,6 +46,7 @@ def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float, inter
                 agree.setdefault(attribute, []).append(obj[attribute])
         agree.setdefault("background", []).append(verdict["background"])
         agree.setdefault("count", []).append(verdict["count"])
+        agree.setdefault("all_colours", []).append(all(obj["colour"] for obj in verdict["objects"]))
     scores = {name: float(np.mean(values)) for name, values in agree.items()}
     scores["score"] = float(np.mean([scores[a] for a in ("colour", "shape", "motion", "background", "count")]))
     scores["travel"] = float(np.mean(travel)) if travel else None  # no normal-speed straight mover was found
@@ -56,19 +61,20 @@ def main(args: argparse.Namespace) -> list[dict]:
     # The same seeds as the eval's own draws, so a sweep row and an eval report can be set side by side.
     prompts = [
         (scene, prompt, noise_seed(index, draw))
-        for draw in range(args.noise_draws)
-        for name in ("seen", "held_out")
+        for draw in range(args.first_draw, args.first_draw + args.noise_draws)
+        for name in args.sets
         for index, (scene, prompt) in enumerate(zip(prompt_sets[name].scenes, prompt_sets[name].prompts))
     ]
     rows = []
-    print(f"{len(prompts)} videos a setting")
-    print("| steps | guidance | interval | shift | colour | shape | motion | background | count | score | travel | s/video |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    draws = f"noise draws {args.first_draw}-{args.first_draw + args.noise_draws - 1}"
+    print(f"{len(prompts)} videos a setting ({', '.join(args.sets)}; {draws})")
+    print("| steps | guidance | interval | shift | colour | shape | motion | background | count | all colours | score | travel | s/video |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for steps, guidance, interval, shift in itertools.product(args.steps, args.guidance, args.guidance_interval, args.shift):
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift)
         row = {"steps": steps, "guidance": guidance, "guidance_interval": interval, "shift": shift, **score_setting(pipe, prompts, steps, guidance, interval)}
         rows.append(row)
-        cells = [f"{100 * row[k]:.0f}%" for k in ("colour", "shape", "motion", "background", "count", "score")]
+        cells = [f"{100 * row[k]:.0f}%" for k in ("colour", "shape", "motion", "background", "count", "all_colours", "score")]
         travel = "-" if row["travel"] is None else f"{row['travel']:.2f}"
         print(f"| {steps} | {guidance:g} | {interval[0]:g}-{interval[1]:g} | {shift:g} | " + " | ".join(cells) + f" | {travel} | {row['seconds_per_video']:.1f} |", flush=True)
     best = max(rows, key=lambda row: (row["score"], -row["steps"]))  # ties go to the faster setting
@@ -76,7 +82,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --guidance-interval {low:g} {high:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%)")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"model": args.model, "rows": rows, "best": best}, handle, indent=2)
+            json.dump({"model": args.model, "sets": args.sets, "noise_draws": list(range(args.first_draw, args.first_draw + args.noise_draws)), "rows": rows, "best": best}, handle, indent=2)
     return rows
 
 
@@ -101,11 +107,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="noise levels LOW-HIGH (sigma, 1 = pure noise) at which guidance applies, e.g. 0-1 0-0.8",
     )
     parser.add_argument("--full", action="store_true", help="the eval's full seen and held-out sets (26 prompts) instead of the quick half")
-    parser.add_argument("--noise-draws", type=int, default=1, help="sample every prompt with this many noise draws (0, 1, ...)")
+    parser.add_argument(
+        "--sets", nargs="+", default=["seen", "held_out"], choices=PROMPT_SET_NAMES,
+        help="the eval's prompt sets to generate (default: seen held_out)",
+    )
+    parser.add_argument("--noise-draws", type=int, default=1, help="sample every prompt with this many noise draws (FIRST, FIRST + 1, ...)")
+    parser.add_argument("--first-draw", type=int, default=0, help="the first noise draw (0 is the eval table's)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.noise_draws <= 10:
         parser.error(f"--noise-draws must be 1 to 10 (got {args.noise_draws})")
+    if not 0 <= args.first_draw <= 1000 - args.noise_draws:
+        parser.error(f"--first-draw must be 0 or more, with the last draw at most 999 (got {args.first_draw} and {args.noise_draws} draws)")
     return args
 
 

@@ -114,6 +114,35 @@ def test_eval_prints_the_whole_table(tmp_path, capsys):
     assert report["seconds_per_video"] > 0 and report["psnr"] > 0
 
 
+def test_sweep_scores_the_chosen_sets_and_draws(tmp_path, capsys):
+    import torch
+
+    from eval import sweep
+    from pipeline.pipeline_t2v import TextToVideoPipeline
+    from pipeline.transformer import transformer_from_size
+    from pipeline.vae import CausalVideoVAE
+
+    torch.manual_seed(0)
+    pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer_from_size("tiny"))
+    pipe.save_pretrained(tmp_path / "model")
+    args = ["--model", str(tmp_path / "model"), "--steps", "1", "--guidance", "1", "--shift", "2", "--sets", "two_objects"]
+    rows = sweep.main(sweep.parse_args(args + ["--first-draw", "3", "--json", str(tmp_path / "sweep.json")]))
+    assert "4 videos a setting (two_objects; noise draws 3-3)" in capsys.readouterr().out  # the quick half of 8 prompts
+    assert json.loads((tmp_path / "sweep.json").read_text())["noise_draws"] == [3]
+    # A video counts for "all colours" only when every object has its colour: never more than the share of objects in theirs.
+    assert 0.0 <= rows[0]["all_colours"] <= rows[0]["colour"]
+    assert sweep.main(sweep.parse_args(args + ["--first-draw", "3"]))[0]["colour"] == rows[0]["colour"]  # seeded by the draw
+
+
+@pytest.mark.parametrize("option", [["--first-draw", "-1"], ["--first-draw", "999", "--noise-draws", "2"], ["--sets", "everything"]])
+def test_sweep_options_out_of_range_name_the_option(option, capsys):
+    from eval import sweep
+
+    with pytest.raises(SystemExit):
+        sweep.parse_args(option)
+    assert option[0] in capsys.readouterr().err
+
+
 @pytest.mark.slow  # about a minute: the sweep's 2 settings x 13 prompts x 2 noise draws and the card's 8 videos
 def test_sweep_and_model_card(tmp_path, capsys):
     import torch
