@@ -9,10 +9,12 @@ every (steps, guidance, shift) asked for, read by the analyzer, one table row pe
 The score of a setting is the mean, over the prompts' objects, of colour, shape and motion being
 right, with background and object count per video counted alongside: a setting that paints extra
 blobs loses on count. "All colours" is the share of videos with every object in its colour (the
-two-object bar). `--sets` picks other prompt sets of the eval, and `--first-draw` lets two processes
-split the noise draws of one comparison: one eval draw moves a row by 6-10 points a prompt, so rows
-that decide between two models need more draws than the full eval's 26 minutes give. Travel (frame heights that normal-speed straight movers cover in the clip; the
-bar is 0.4) is shown beside it, not scored: the quick sets hold too few such movers to rank by it. Write the winner into the folder with
+two-object bar). Travel (frame heights that normal-speed straight movers cover in the clip; the bar
+is 0.4) is shown beside it, not scored: the quick sets hold too few such movers to rank by it.
+
+`--sets` picks other prompt sets of the eval, and `--first-draw` lets two processes split the noise
+draws of one comparison: one prompt is 6-10 points of a row, so the rows that decide between two
+models need more draws than a full eval per draw affords. Write the winner into the folder with
 `python -m training.train_dit --run-dir runs/dit --export assets/model --steps S --guidance G --shift X
 --guidance-interval LOW HIGH`.
 """
@@ -59,15 +61,15 @@ def main(args: argparse.Namespace) -> list[dict]:
     base = pipe.scheduler.config
     prompt_sets = {s.name: s for s in build_prompt_sets(quick=not args.full)}
     # The same seeds as the eval's own draws, so a sweep row and an eval report can be set side by side.
+    draws = range(args.first_draw, args.first_draw + args.noise_draws)
     prompts = [
         (scene, prompt, noise_seed(index, draw))
-        for draw in range(args.first_draw, args.first_draw + args.noise_draws)
+        for draw in draws
         for name in args.sets
         for index, (scene, prompt) in enumerate(zip(prompt_sets[name].scenes, prompt_sets[name].prompts))
     ]
     rows = []
-    draws = f"noise draws {args.first_draw}-{args.first_draw + args.noise_draws - 1}"
-    print(f"{len(prompts)} videos a setting ({', '.join(args.sets)}; {draws})")
+    print(f"{len(prompts)} videos a setting ({', '.join(args.sets)}; noise draws {draws[0]}-{draws[-1]})")
     print("| steps | guidance | interval | shift | colour | shape | motion | background | count | all colours | score | travel | s/video |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for steps, guidance, interval, shift in itertools.product(args.steps, args.guidance, args.guidance_interval, args.shift):
@@ -82,7 +84,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --guidance-interval {low:g} {high:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%)")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"model": args.model, "sets": args.sets, "noise_draws": list(range(args.first_draw, args.first_draw + args.noise_draws)), "rows": rows, "best": best}, handle, indent=2)
+            json.dump({"model": args.model, "sets": args.sets, "noise_draws": list(draws), "rows": rows, "best": best}, handle, indent=2)
     return rows
 
 
@@ -106,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--guidance-interval", type=parse_interval, nargs="+", default=[(0.0, 1.0)],
         help="noise levels LOW-HIGH (sigma, 1 = pure noise) at which guidance applies, e.g. 0-1 0-0.8",
     )
-    parser.add_argument("--full", action="store_true", help="the eval's full seen and held-out sets (26 prompts) instead of the quick half")
+    parser.add_argument("--full", action="store_true", help="the eval's full prompt sets (seen and held-out: 26 prompts) instead of the quick half")
     parser.add_argument(
         "--sets", nargs="+", default=["seen", "held_out"], choices=PROMPT_SET_NAMES,
         help="the eval's prompt sets to generate (default: seen held_out)",

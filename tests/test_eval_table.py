@@ -114,17 +114,10 @@ def test_eval_prints_the_whole_table(tmp_path, capsys):
     assert report["seconds_per_video"] > 0 and report["psnr"] > 0
 
 
-def test_sweep_scores_the_chosen_sets_and_draws(tmp_path, capsys):
-    import torch
-
+def test_sweep_scores_the_chosen_sets_and_draws(tiny_pipe, tmp_path, capsys):
     from eval import sweep
-    from pipeline.pipeline_t2v import TextToVideoPipeline
-    from pipeline.transformer import transformer_from_size
-    from pipeline.vae import CausalVideoVAE
 
-    torch.manual_seed(0)
-    pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer_from_size("tiny"))
-    pipe.save_pretrained(tmp_path / "model")
+    tiny_pipe.save_pretrained(tmp_path / "model")
     args = ["--model", str(tmp_path / "model"), "--steps", "1", "--guidance", "1", "--shift", "2", "--sets", "two_objects"]
     rows = sweep.main(sweep.parse_args(args + ["--first-draw", "3", "--json", str(tmp_path / "sweep.json")]))
     assert "4 videos a setting (two_objects; noise draws 3-3)" in capsys.readouterr().out  # the quick half of 8 prompts
