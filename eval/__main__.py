@@ -41,6 +41,7 @@ from training.train_vae import reconstruction_metrics, render_world_clip, to_mod
 EVAL_SEED = 424242  # scenes and noise of the eval; never used by training's streams
 ASPECT, DURATION, FPS = "16:9", 2.0, 15
 NOISE_DRAW_STRIDE = 1000  # apart the seed blocks of two noise draws, above every offset used below
+LAST_NOISE_DRAW = 999  # the command lines' limit, for every eval tool alike
 
 
 def noise_seed(offset: int, noise_draw: int = 0) -> int:
@@ -328,11 +329,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae-clips", type=int, default=None, help="world clips of the VAE rows (default 24, 6 with --quick)")
     parser.add_argument(
         "--noise-draw", type=int, default=0,
-        help="0 (the default) is the table's starting noise; 1 to 999 draw other noise for the same prompts and scenes",
+        help=f"0 (the default) is the table's starting noise; 1 to {LAST_NOISE_DRAW} draw other noise for the same prompts and scenes",
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.noise_draw < 1000:
-        parser.error(f"--noise-draw must be an integer from 0 to 999, got {args.noise_draw}")
+    if not 0 <= args.noise_draw <= LAST_NOISE_DRAW:
+        parser.error(f"--noise-draw must be an integer from 0 to {LAST_NOISE_DRAW}, got {args.noise_draw}")
     return args
 
 

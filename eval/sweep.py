@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from eval.__main__ import FPS, PROMPT_SET_NAMES, build_prompt_sets, generate_frames, noise_seed, normal_speed_travel
+from eval.__main__ import FPS, LAST_NOISE_DRAW, PROMPT_SET_NAMES, build_prompt_sets, generate_frames, noise_seed, normal_speed_travel
 from eval.analyzer import analyze, match
 from pipeline.generate import load_pipeline
 from pipeline.pipeline_t2v import check_guidance_interval
@@ -108,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--guidance-interval", type=parse_interval, nargs="+", default=[(0.0, 1.0)],
         help="noise levels LOW-HIGH (sigma, 1 = pure noise) at which guidance applies, e.g. 0-1 0-0.8",
     )
-    parser.add_argument("--full", action="store_true", help="the eval's full prompt sets (seen and held-out: 26 prompts) instead of the quick half")
+    parser.add_argument("--full", action="store_true", help="the eval's full prompt sets (26 prompts for seen and held-out) instead of their quick halves")
     parser.add_argument(
         "--sets", nargs="+", default=["seen", "held_out"], choices=PROMPT_SET_NAMES,
         help="the eval's prompt sets to generate (default: seen held_out)",
@@ -119,8 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.noise_draws <= 10:
         parser.error(f"--noise-draws must be 1 to 10 (got {args.noise_draws})")
-    if not 0 <= args.first_draw <= 1000 - args.noise_draws:
-        parser.error(f"--first-draw must be 0 or more, with the last draw at most 999 (got {args.first_draw} and {args.noise_draws} draws)")
+    if not 0 <= args.first_draw <= LAST_NOISE_DRAW + 1 - args.noise_draws:
+        parser.error(f"--first-draw must be 0 or more, with the last draw at most {LAST_NOISE_DRAW} (got {args.first_draw} and {args.noise_draws} draws)")
     return args
 
 
