@@ -106,6 +106,23 @@ def test_a_deeper_transformer_started_from_a_trained_one_predicts_what_it_did(ti
     assert TRANSFORMER_SIZES["medium"].hidden_size == TRANSFORMER_SIZES["small"].hidden_size
 
 
+def test_more_latent_channels_start_from_the_trained_vae_and_decode_as_it_did(tiny_pipe):
+    # Room for detail the trained latent loses: the old channels keep their values and the decoder
+    # reads the new ones through zero weights, so the grown VAE reconstructs exactly as before.
+    trained = tiny_pipe.vae.eval()
+    old = trained.config.latent_channels
+    grown = train_vae.with_latent_channels(trained, 2 * old).eval()
+    assert grown.config.latent_channels == 2 * old and grown.config.latents_mean is None
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        latents = grown.encode(video).latent_dist.mode()
+        torch.testing.assert_close(latents[:, :old], trained.encode(video).latent_dist.mode())
+        assert latents[:, old:].abs().sum() > 0  # the new channels carry something from the start
+        torch.testing.assert_close(grown.decode(latents).sample, trained.decode(latents[:, :old]).sample)
+    with pytest.raises(ValueError, match="--latent-channels"):
+        train_vae.with_latent_channels(trained, old)
+
+
 def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patches(tiny_pipe, tmp_path):
     # A 4x VAE keeps an 8-pixel object over four latent cells; the new transformer on it takes 4x4
     # patches, so a token still covers 16x16 pixels and the token count of every bucket stays.

@@ -312,6 +312,40 @@ def with_spatial_compression(trained: CausalVideoVAE, compression: int) -> Causa
     return model
 
 
+def with_latent_channels(trained: CausalVideoVAE, latent_channels: int) -> CausalVideoVAE:
+    """A VAE like `trained` with more latent channels, decoding exactly as `trained` at the start.
+
+    Every layer but the latent head and the decoder's first convolution keeps its trained weights.
+    The old channels keep theirs too; the decoder reads the new ones through zero weights, so the
+    grown VAE starts with the trained one's reconstructions, and the new channels (a fresh
+    encoder head, nearly deterministic like a new VAE's) gain weight only where they carry detail
+    the old ones lost (stars' points among frames that share a latent frame).
+    """
+    old = trained.config.latent_channels
+    if latent_channels <= old:
+        raise ValueError(f"--latent-channels can only grow a trained VAE, from {old}, got {latent_channels}")
+    config = {k: v for k, v in trained.config.items() if not k.startswith("_")}
+    config.update(latent_channels=latent_channels, latents_mean=None, latents_std=None)  # measured anew at export
+    model = CausalVideoVAE.from_config(config)
+    copy_matching_weights(model, trained)
+    # The encoder head's outputs are [means, log-variances]: old channel c goes to c, old
+    # log-variance c to latent_channels + c, in both the spatial and the temporal convolution.
+    old_rows = torch.cat([torch.arange(old), old + torch.arange(old)])
+    new_rows = torch.cat([torch.arange(old), latent_channels + torch.arange(old)])
+    head, trained_head = model.encoder.conv_out, trained.encoder.conv_out
+    with torch.no_grad():
+        head.spatial.weight[new_rows] = trained_head.spatial.weight[old_rows]
+        head.spatial.bias[new_rows] = trained_head.spatial.bias[old_rows]
+        head.temporal.weight[new_rows] = 0.0
+        head.temporal.weight[new_rows[:, None], new_rows] = trained_head.temporal.weight[old_rows[:, None], old_rows]
+        head.temporal.bias[new_rows] = trained_head.temporal.bias[old_rows]
+        reader = model.decoder.conv_in.spatial
+        reader.weight[:, :old] = trained.decoder.conv_in.spatial.weight
+        reader.weight[:, old:] = 0.0
+    print(f"--latent-channels {latent_channels}: grown from the {old}-channel VAE; it decodes as that one at the start")
+    return model
+
+
 def main(args: argparse.Namespace):
     run_dir = Path(args.run_dir)
     if args.export:
@@ -340,12 +374,14 @@ def main(args: argparse.Namespace):
         model = CausalVideoVAE.from_pretrained(Path(args.init_from) / "vae", torch_dtype=torch.float32)
         if args.spatial_compression is not None and args.spatial_compression != model.spatial_compression_ratio:
             model = with_spatial_compression(model, args.spatial_compression)
+        if args.latent_channels not in (None, model.config.latent_channels):
+            model = with_latent_channels(model, args.latent_channels)
     else:
         torch.manual_seed(args.seed)
         model = CausalVideoVAE(
             block_out_channels=tuple(args.channels),
             layers_per_block=args.layers_per_block,
-            latent_channels=args.latent_channels,
+            latent_channels=args.latent_channels or 16,
             down_spatial=spatial_downsamples(args.spatial_compression or 8, levels=len(args.channels)),
         )
     if args.freeze_encoder:
@@ -480,7 +516,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--decay-steps", type=int, default=20000, help="steps over which the learning rate decays")
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="block_out_channels of a new model")
     parser.add_argument("--layers-per-block", type=int, default=2)
-    parser.add_argument("--latent-channels", type=int, default=16)
+    parser.add_argument(
+        "--latent-channels", type=int, default=None,
+        help="channels of the latent (default 16, or the --init-from VAE's); more than that VAE's grows it (see with_latent_channels)",
+    )
     parser.add_argument(
         "--spatial-compression", type=int, choices=[2, 4, 8, 16], default=None,
         help="pixels per latent cell along each side (default 8, or the --init-from VAE's); 4 keeps small objects, "
