@@ -123,6 +123,14 @@ def test_more_latent_channels_start_from_the_trained_vae_and_decode_as_it_did(ti
         train_vae.with_latent_channels(trained, old)
 
 
+@pytest.mark.parametrize("keeps_latent_space", [["--freeze-encoder"], ["--anchor-weight", "1"]])
+def test_more_latent_channels_cannot_keep_the_old_latent_space(tiny_pipe, tmp_path, keeps_latent_space):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    args = ["--run-dir", str(tmp_path / "run"), "--init-from", str(tmp_path / "model"), "--latent-channels", "64", *keeps_latent_space]
+    with pytest.raises(ValueError, match="--latent-channels .* --freeze-encoder or --anchor-weight"):
+        train_vae.main(train_vae.parse_args(args))
+
+
 def test_spatial_compression_4_gives_a_finer_latent_and_the_transformer_4x4_patches(tiny_pipe, tmp_path):
     # A 4x VAE keeps an 8-pixel object over four latent cells; the new transformer on it takes 4x4
     # patches, so a token still covers 16x16 pixels and the token count of every bucket stays.

@@ -375,6 +375,8 @@ def main(args: argparse.Namespace):
         if args.spatial_compression is not None and args.spatial_compression != model.spatial_compression_ratio:
             model = with_spatial_compression(model, args.spatial_compression)
         if args.latent_channels not in (None, model.config.latent_channels):
+            if args.freeze_encoder or args.anchor_weight:
+                raise ValueError("--latent-channels makes a new latent space: it cannot go with --freeze-encoder or --anchor-weight, which keep the old one")
             model = with_latent_channels(model, args.latent_channels)
     else:
         torch.manual_seed(args.seed)
