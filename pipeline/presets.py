@@ -7,9 +7,9 @@ one model, every aspect ratio).
 
 from dataclasses import dataclass
 
-# Pixel sizes are multiples of this: the VAE's 8x spatial compression times the transformer's 2x2
-# patches. The pipeline checks the real factors from the model configs; this constant only keeps the
-# table inside what the bundled design accepts.
+# Pixel sizes are multiples of this: the bundled VAE's 4x spatial compression times its transformer's
+# 4x4 patches (the first design's 8x and 2x2 give the same). The pipeline checks the real factors
+# from the model configs; this constant only keeps the table inside what the bundled design accepts.
 PIXEL_MULTIPLE = 16
 
 # name -> (width units, height units)

@@ -2,7 +2,8 @@
 
 Kling's published design, written in the shape of DiT's `models.py` (Peebles & Xie, 2023):
 
-* 1x2x2 patches: every latent frame is cut into 2x2 patches, each becomes one token.
+* Patches of the latent grid, each one token: `patch_size` (time, height, width), 1x2x2 by default;
+  the bundled model cuts its 4x VAE's latents into 1x4x4.
 * 3D rotary position embedding: each attention head's channels are split between time, height and
   width, and each part is rotated by its own coordinate (RoFormer, Su et al. 2021; as in Wan and
   CogVideoX). Positions are in patch units, so every aspect ratio and length uses the same scale.

@@ -9,7 +9,8 @@ Design (after Kling's causal 3D VAE and Wan2.1's VAE, written afresh):
   cheaper than full 3x3x3 kernels for the same receptive field, which matters on a CPU.
 * Normalisation is per voxel over channels (RMS), never over time, so causality and streaming hold.
 * A 2x2 pixel-unshuffle in front of the encoder (and a shuffle after the decoder) gives the first
-  2x of the 8x spatial compression for free, as in the calibration runs of issue 3.
+  2x of the spatial compression (4x in the bundled VAE, 8x in the first one) for free, as in the
+  calibration runs of issue 3.
 * Streaming decode: the decoder runs over a few latent frames at a time and every causal layer
   keeps the last frames it saw in a `cache` dict keyed by the layer itself. Peak memory therefore
   depends on the chunk, not on the length of the video, and the result equals a whole decode.
