@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .vae import CausalVideoVAE
 
-FIT_SIZE = 48  # pixels on a side of the synthetic fitting frames: 12x12 latent pixels at 4x (6x6 at 8x), cheap to encode
+FIT_SIZE = 48  # pixels on a side of the synthetic fitting frames: 12x12 latent pixels at 4x, cheap to encode
 FIT_RANDOM_COLOURS = 16  # solid colours beyond the corners of the RGB cube
 FIT_RANDOM_GRADIENTS = 16  # two-colour gradients in the four directions
 FIT_BATCH = 8  # clips encoded at once; bounds the fitting's memory
