@@ -278,12 +278,17 @@ class TextToVideoPipeline(DiffusionPipeline):
                 remaining -= chunk.shape[2]
                 yield ((chunk.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, t, H, W, 3)
 
-    def _predict_velocity(self, latents, timestep, index, conditioning, do_guidance, guidance_scale, frame_rate) -> torch.Tensor:
+    def _predict_velocity(self, latents, timestep, index, conditioning, do_guidance, guidance_scale, frame_rate, previous_clean=None):
         """The guided velocity of one video of the batch; `timestep` is per latent frame, (1, T).
 
         Videos go through the transformer one at a time (with their guidance pair): CPU kernels
         round differently for different batch sizes, and a seed must give the same video alone or
         in a seed-comparison batch. On a CPU this costs nothing; batching buys little there.
+
+        Returns the guided velocity and the clean latents each branch (unconditional, then text)
+        estimates, which a self-conditioning transformer gets back at the next step as
+        `previous_clean`: each branch its own, as in training, so that the text's estimate does
+        not leak into the unconditional branch and weaken the guidance.
         """
         text, text_mask, pooled = (part[index : index + 1] for part in conditioning[:3])
         model_input = latents
@@ -291,6 +296,8 @@ class TextToVideoPipeline(DiffusionPipeline):
             neg_text, neg_mask, neg_pooled = (part[index : index + 1] for part in conditioning[3:])
             model_input = torch.cat([latents, latents])
             text, text_mask, pooled = torch.cat([neg_text, text]), torch.cat([neg_mask, text_mask]), torch.cat([neg_pooled, pooled])
+        if previous_clean is not None and previous_clean.shape[0] != model_input.shape[0]:
+            previous_clean = previous_clean[-1:].expand(model_input.shape[0], -1, -1, -1, -1)  # guidance off last step: the text's
         velocity = self.transformer(
             hidden_states=model_input.to(self.transformer.dtype),
             timestep=timestep.expand(model_input.shape[0], -1),
@@ -298,12 +305,14 @@ class TextToVideoPipeline(DiffusionPipeline):
             pooled_text=pooled,
             encoder_attention_mask=text_mask,
             frame_rate=frame_rate,
+            self_condition=previous_clean if self.transformer.config.get("self_conditioning") else None,
             return_dict=False,
         )[0].float()
+        branch_clean = model_input - timestep[:, None, :, None, None] / 1000 * velocity  # x0 = x_s - s v
         if do_guidance:
             velocity_uncond, velocity_text = velocity.chunk(2)
             velocity = velocity_uncond + guidance_scale * (velocity_text - velocity_uncond)
-        return velocity
+        return velocity, branch_clean
 
     # --- the call ------------------------------------------------------------------------------
 
@@ -397,6 +406,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             latents = torch.cat([context_latents, latents[:, :, context_frames:]], dim=2)  # never writes into a caller's tensor
 
         # 5. Denoising loop
+        previous_clean = [None] * batch_size  # per video: its branches' last clean estimates
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for step, t in enumerate(timesteps):
                 if self.interrupt:
@@ -406,7 +416,12 @@ class TextToVideoPipeline(DiffusionPipeline):
                 timestep[:, :context_frames] = 0
                 # Guidance outside the folder's interval is skipped: the text alone, in one pass (faster).
                 guided = do_guidance and guidance_interval[0] <= float(self.scheduler.sigmas[step]) <= guidance_interval[1]
-                noise_pred = torch.cat([self._predict_velocity(latents[i : i + 1], timestep, i, conditioning, guided, guidance_scale, frame_rate) for i in range(batch_size)])
+                predictions = [
+                    self._predict_velocity(latents[i : i + 1], timestep, i, conditioning, guided, guidance_scale, frame_rate, previous_clean[i])
+                    for i in range(batch_size)
+                ]
+                noise_pred = torch.cat([velocity for velocity, _ in predictions])
+                previous_clean = [clean for _, clean in predictions]
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if context_frames:  # the scheduler moved the context frames too; they stay as given
                     latents = torch.cat([context_latents, latents[:, :, context_frames:]], dim=2)

@@ -24,6 +24,10 @@ Kling's published design, written in the shape of DiT's `models.py` (Peebles & X
 * An optional frame position (`frame_position_embedding`): where each token sits as a fraction of
   the frame's height and width, added to it through a projection that starts at zero. RoPE's
   relative offsets cannot say where the frame ends, and the world's physics happens at its edges.
+* Optional self-conditioning (`self_conditioning`; Chen et al. 2022, "Analog Bits"): the clean
+  latents the model estimated at the previous sampling step come in as a second patch embedding,
+  which starts at zero. The first steps decide where the objects go; a model that sees its last
+  estimate can keep to one layout instead of drawing each step's guess again.
 """
 
 import math
@@ -259,6 +263,7 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         default_frame_rate: float = 15.0,  # used when a caller gives none
         refiner_channels: int = 0,  # 0: no refiner (see LatentRefiner)
         frame_position_embedding: bool = False,  # add where each token is in the frame (see FramePositionEmbedder)
+        self_conditioning: bool = False,  # take the previous step's clean estimate as a second input
     ):
         super().__init__()
         if hidden_size % num_heads != 0:
@@ -266,6 +271,8 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         self.out_channels = out_channels or in_channels
         patch_volume = patch_size[0] * patch_size[1] * patch_size[2]
         self.patch_embed = nn.Linear(in_channels * patch_volume, hidden_size)
+        # No bias, so that zeros and no estimate at all are the same input.
+        self.self_condition_embed = nn.Linear(in_channels * patch_volume, hidden_size, bias=False) if self_conditioning else None
         self.condition_embed = ConditionEmbedder(hidden_size, pooled_text_dim)
         self.rotary = RotaryPositionEmbedding3D(hidden_size // num_heads, rope_theta)
         self.frame_position = FramePositionEmbedder(hidden_size) if frame_position_embedding else None
@@ -299,6 +306,8 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         if self.frame_position is not None:
             nn.init.zeros_(self.frame_position.proj.weight)
             nn.init.zeros_(self.frame_position.proj.bias)
+        if self.self_condition_embed is not None:
+            nn.init.zeros_(self.self_condition_embed.weight)
 
     def forward(
         self,
@@ -308,6 +317,7 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         pooled_text: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         frame_rate: torch.Tensor | float | None = None,
+        self_condition: torch.Tensor | None = None,
         return_dict: bool = True,
     ):
         r"""
@@ -319,6 +329,8 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
             pooled_text: sentence vectors `(B, pooled_text_dim)`.
             encoder_attention_mask: `(B, L)`, 1 for real tokens, 0 for padding.
             frame_rate: frames per second of the video, `(B,)` or a number.
+            self_condition: the clean latents `(B, C, T, H, W)` estimated at the previous step,
+                for a model with `self_conditioning`; None (the first step) counts as zeros.
         """
         batch, _, frames, height, width = hidden_states.shape
         pt, ph, pw = self.config.patch_size
@@ -344,6 +356,9 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         # 2. Patchify and embed.
         x = rearrange(hidden_states, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)  # (B, N, C*p)
         x = self.patch_embed(x.to(dtype))  # (B, N, D)
+        if self.self_condition_embed is not None and self_condition is not None:
+            estimate = rearrange(self_condition, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+            x = x + self.self_condition_embed(estimate.to(dtype))
         if self.frame_position is not None:
             x = x + self.frame_position(*grid, device=x.device, dtype=dtype)
         rotary = self.rotary(*grid, device=x.device)

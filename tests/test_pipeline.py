@@ -1,5 +1,5 @@
 """pipeline/pipeline_t2v.py with tiny seeded models and the real MiniLM: outputs, seeds, batches,
-folders, input checks, the step callback and the prompt cache."""
+folders, guidance, self-conditioning, input checks, the step callback and the prompt cache."""
 
 import re
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.pipeline_t2v import TextToVideoPipeline
+from pipeline.transformer import SpatioTemporalTransformer
 
 PROMPT = "a red ball bouncing on grass"
 # 30 frames is not 1 + 4k: the latents cover 33 and the decode is cut to 30. 16x32 pixels is the
@@ -159,6 +160,38 @@ def test_guidance_interval_guides_only_the_noise_levels_inside_it(tiny_pipe, tmp
 
     with pytest.raises(ValueError, match="default_guidance_interval"):
         TextToVideoPipeline.from_components(tiny_pipe.vae, tiny_pipe.transformer, default_guidance_interval=(0.9, 0.1))
+
+
+# --- self-conditioning -----------------------------------------------------------------------------
+
+
+def test_self_conditioning_hands_each_branch_its_own_last_estimate(tiny_pipe):
+    # Each transformer call gets the clean latents (x_s - s v) that the same branch, unconditional or
+    # text, estimated at the step before; the first call gets none, as the first training pass does.
+    transformer = SpatioTemporalTransformer.from_config(tiny_pipe.transformer.config, self_conditioning=True).eval()
+    transformer.load_state_dict(tiny_pipe.transformer.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.nn.init.normal_(transformer.self_condition_embed.weight, std=0.5)
+    pipe = TextToVideoPipeline(
+        vae=tiny_pipe.vae, transformer=transformer, text_encoder=tiny_pipe.text_encoder, tokenizer=tiny_pipe.tokenizer, scheduler=tiny_pipe.scheduler
+    )
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    hook = transformer.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append((kwargs["hidden_states"], kwargs["timestep"], kwargs["self_condition"], output[0])),
+        with_kwargs=True,
+    )
+    try:
+        frames = run(pipe, num_inference_steps=3, guidance_scale=5.0)
+    finally:
+        hook.remove()
+    assert len(calls) == 3 and calls[0][2] is None
+    for (noisy, timestep, _, velocity), (_, _, handed, _) in zip(calls, calls[1:]):
+        estimate = noisy - timestep[:, None, :, None, None] / 1000 * velocity
+        torch.testing.assert_close(handed, estimate)
+        assert handed.shape[0] == 2 and not torch.equal(handed[0], handed[1])  # unconditional, text
+    np.testing.assert_array_equal(run(pipe, num_inference_steps=3, guidance_scale=5.0), frames)  # same seed, same video
+    assert not np.array_equal(run(tiny_pipe, num_inference_steps=3, guidance_scale=5.0), frames)  # the estimates count
 
 
 # --- input checks ----------------------------------------------------------------------------------

@@ -337,6 +337,23 @@ def test_frame_position_grows_a_trained_transformer_and_needs_a_size(model_dir, 
     assert not (tmp_path / "other").exists()
 
 
+def test_self_conditioning_grows_a_trained_transformer_and_needs_a_size(model_dir, tmp_path):
+    # --self-conditioning gives the folder's transformer its previous-estimate input: every trained
+    # weight is copied, and the new embedding (zero at the start) learns from the first passes.
+    run_dir = tmp_path / "run"
+    grow = ("--transformer-size", "tiny", "--init-transformer", str(model_dir), "--self-conditioning", "--self-condition-prob", "0.9")
+    train_dit.main(train_args(model_dir, run_dir, *grow, "--max-steps", "2", "--lr", "1e-2"))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["config"]["self_conditioning"] is True
+    assert checkpoint["model"]["self_condition_embed.weight"].abs().max() > 0
+
+    with pytest.raises(ValueError, match="--self-conditioning"):
+        train_dit.main(train_args(model_dir, tmp_path / "other", "--self-conditioning", "--max-steps", "1"))
+    with pytest.raises(ValueError, match="--self-condition-prob"):
+        train_dit.main(train_args(model_dir, tmp_path / "other", *grow[:-1], "1.5", "--max-steps", "1"))
+    assert not (tmp_path / "other").exists()
+
+
 def test_noise_frame_correlation_trains_and_exports_the_shared_noise(model_dir, tmp_path):
     # The loss draws noise whose latent frames share the asked-for part of its variance ...
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """pipeline/transformer.py: shapes for every bucket, per-frame timesteps, 3D RoPE, checkpointing, the refiner,
-the frame position."""
+the frame position, self-conditioning."""
 
 import pytest
 import torch
@@ -167,3 +167,26 @@ def test_frame_position_starts_as_the_identity_and_travels_with_the_folder(tiny_
         reloaded = SpatioTemporalTransformer.from_pretrained(tmp_path / "transformer").eval()
         assert reloaded.config.frame_position_embedding
         torch.testing.assert_close(reloaded(**args).sample, moved, rtol=0, atol=1e-6)
+
+
+def test_self_conditioning_starts_as_the_identity_and_no_estimate_is_zeros(tiny_transformer, tmp_path):
+    # A trained transformer given self-conditioning predicts exactly what it did, whatever estimate
+    # it is handed (the embedding starts at zero). Once it has learned, an estimate changes the
+    # prediction, no estimate (the first sampling step) is the same as zeros, and the weights reload.
+    conditioned = SpatioTemporalTransformer.from_config(tiny_transformer.config, self_conditioning=True).eval()
+    missing, unexpected = conditioned.load_state_dict(tiny_transformer.state_dict(), strict=False)
+    assert not unexpected and missing == ["self_condition_embed.weight"]
+    args = inputs(1, 3, 8, 8)
+    estimate = torch.randn_like(args["hidden_states"])
+    with torch.no_grad():
+        plain = tiny_transformer.eval()(**args).sample
+        torch.testing.assert_close(conditioned(**args, self_condition=estimate).sample, plain, rtol=0, atol=0)
+        torch.nn.init.normal_(conditioned.self_condition_embed.weight, std=0.5)
+        without = conditioned(**args).sample
+        torch.testing.assert_close(conditioned(**args, self_condition=torch.zeros_like(estimate)).sample, without, rtol=0, atol=0)
+        moved = conditioned(**args, self_condition=estimate).sample
+        assert (moved - without).abs().max() > 1e-4
+        conditioned.save_pretrained(tmp_path / "transformer")
+        reloaded = SpatioTemporalTransformer.from_pretrained(tmp_path / "transformer").eval()
+        assert reloaded.config.self_conditioning
+        torch.testing.assert_close(reloaded(**args, self_condition=estimate).sample, moved, rtol=0, atol=1e-6)

@@ -339,13 +339,22 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
     sigma_5d = sigma[:, None, :, None, None]  # (B, 1, T, 1, 1)
     noisy = (1 - sigma_5d) * latents + sigma_5d * noise  # exactly x0 on context frames
     target = noise - latents
+    inputs = dict(timestep=sigma * 1000, encoder_hidden_states=text, pooled_text=pooled, encoder_attention_mask=text_mask, frame_rate=frame_rate)
+    self_condition = None
+    if args.self_condition_prob:
+        # Self-conditioning (Chen et al. 2022): some videos get the model's own clean estimate from
+        # a first pass without one, as the sampler hands it the last step's; the rest get none, as
+        # the first step has none. No gradient flows through the first pass.
+        self_condition = torch.zeros_like(noisy)
+        chosen = torch.rand(batch, device=device) < args.self_condition_prob
+        if chosen.any():
+            with torch.no_grad():
+                first = model(hidden_states=noisy[chosen], **{k: v[chosen] for k, v in inputs.items()}, return_dict=False)[0]
+            self_condition[chosen] = noisy[chosen] - sigma_5d[chosen] * first.float()
     prediction = model(
         hidden_states=noisy,
-        timestep=sigma * 1000,  # (B, T): diffusers' flow-matching timesteps are sigmas * 1000
-        encoder_hidden_states=text,
-        pooled_text=pooled,
-        encoder_attention_mask=text_mask,
-        frame_rate=frame_rate,
+        **inputs,  # timesteps are sigmas * 1000, per latent frame (B, T), as diffusers' flow matching has them
+        self_condition=self_condition,
         return_dict=False,
     )[0]
     weight = (~is_context)[:, None, :, None, None].float().expand(-1, -1, -1, *latents.shape[3:])  # (B, 1, T, H, W)
@@ -542,6 +551,10 @@ def main(args: argparse.Namespace):
         raise ValueError("--init-transformer starts a new transformer: give --transformer-size too")
     if args.frame_position_lr_scale <= 0:
         raise ValueError(f"--frame-position-lr-scale must be above 0, got {args.frame_position_lr_scale}")
+    if args.self_condition_prob is not None and not 0 <= args.self_condition_prob < 1:
+        raise ValueError(f"--self-condition-prob must be at least 0 and below 1, got {args.self_condition_prob}")
+    if args.self_conditioning and not args.transformer_size:
+        raise ValueError("--self-conditioning builds a new transformer: give --transformer-size (and --init-transformer to keep trained weights)")
     if args.frame_position and not args.transformer_size:
         raise ValueError("--frame-position builds a new transformer: give --transformer-size (and --init-transformer to keep trained weights)")
     if args.noise_frame_correlation is not None and not 0 <= args.noise_frame_correlation < 1:
@@ -579,13 +592,17 @@ def main(args: argparse.Namespace):
         patch = max(1, presets.PIXEL_MULTIPLE // vae.spatial_compression_ratio)
         model = transformer_from_size(
             args.transformer_size, in_channels=vae.config.latent_channels, patch_size=(1, patch, patch), refiner_channels=args.refiner_channels,
-            frame_position_embedding=args.frame_position,
+            frame_position_embedding=args.frame_position, self_conditioning=args.self_conditioning,
         )
         if args.init_transformer:
             accelerator.print(start_from_blocks(model, SpatioTemporalTransformer.from_pretrained(Path(args.init_transformer) / "transformer")))
     else:
         model = pipe.transformer
     model.train()
+    if not model.config.get("self_conditioning"):
+        args.self_condition_prob = None  # no second input to train
+    elif args.self_condition_prob is None:
+        args.self_condition_prob = 0.5
     if args.train_refiner_only:
         if model.refiner is None:
             raise ValueError("--train-refiner-only: this transformer has no refiner; give --refiner-channels with --transformer-size")
@@ -727,6 +744,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--frame-position", action="store_true",
         help="with --transformer-size: tell every token where it is in the frame (starts at zero, so --init-transformer keeps the trained predictions)",
+    )
+    parser.add_argument(
+        "--self-conditioning", action="store_true",
+        help="with --transformer-size: give the transformer its previous clean estimate as an input (starts at zero, so --init-transformer keeps the trained predictions)",
+    )
+    parser.add_argument(
+        "--self-condition-prob", type=float, default=None,
+        help="share of training videos given the model's own clean estimate, for a self-conditioning transformer (default 0.5; the rest get none)",
     )
     parser.add_argument("--frame-position-lr-scale", type=float, default=10.0, help="the frame position's learning rate, as a multiple of --lr")
     parser.add_argument("--train-refiner-only", action="store_true", help="freeze everything but the refiner (a transformer just given one)")
