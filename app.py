@@ -65,7 +65,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 def run_generate(argv: list[str]) -> int:
     args = build_generate_parser().parse_args(argv)
-    from pipeline.generate import generate_videos, load_pipeline, model_name
+    from pipeline.generate import generate_videos, load_pipeline, model_name, unfamiliar_words_text
     from pipeline.recipe import Recipe
 
     out = Path(args.out) if args.out else Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.seed}" / "video.mp4"
@@ -83,6 +83,8 @@ def run_generate(argv: list[str]) -> int:
         recipe.guidance = args.guidance if args.guidance is not None else pipe.config.default_guidance_scale
         recipe.model = model_name(pipe)
         recipe.validate()
+        if unfamiliar := pipe.unfamiliar_words(recipe.prompt):
+            print(f"app.py generate: warning: prompt: {unfamiliar_words_text(unfamiliar)}", file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
         result = generate_videos(pipe, [recipe], [out])[0]
     except ValueError as error:

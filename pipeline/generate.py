@@ -30,6 +30,12 @@ class GenerationResult:
     stopped: bool = False
 
 
+def unfamiliar_words_text(words: list[str], shown: int = 8) -> str:
+    """What the CLI and the studio say about a prompt's words the model never read."""
+    listed = ", ".join(f"'{word}'" for word in words[:shown]) + (f" and {len(words) - shown} more" if len(words) > shown else "")
+    return f"this model never read {listed} in its training captions, so the video will not show what they say."
+
+
 def load_pipeline(model_dir: str | Path = DEFAULT_MODEL_DIR, device: str | None = None) -> TextToVideoPipeline:
     """Load a model folder (diffusers layout) for inference, offline; raises ValueError if it is not one."""
     model_dir = Path(model_dir)

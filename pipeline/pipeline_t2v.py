@@ -9,6 +9,7 @@ are clean (timestep 0 in the transformer, as in training) and kept as they are a
 model continues a video, or with one frame animates a still image.
 """
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class TextToVideoPipelineOutput(BaseOutput):
     frames: np.ndarray | list[list[PIL.Image.Image]] | torch.Tensor
 
 
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as a vocabulary counts them: runs of letters, lower-cased."""
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
 def check_guidance_interval(interval, name: str = "guidance_interval") -> None:
     """Raise ValueError naming `name` unless `interval` is two noise levels (low, high), 0 <= low <= high <= 1."""
     if not (
@@ -76,6 +82,7 @@ class TextToVideoPipeline(DiffusionPipeline):
         model_name: str = "ling-small",  # what a video's recipe says made it
         noise_frame_correlation: float = 0.0,  # share of the starting noise's variance that all latent frames share, as trained
         default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),  # noise levels (sigma) that get guidance
+        prompt_vocabulary: list[str] | None = None,  # the words of the training captions (None: not known)
     ):
         super().__init__()
         if not 0.0 <= noise_frame_correlation < 1.0:
@@ -88,6 +95,7 @@ class TextToVideoPipeline(DiffusionPipeline):
             model_name=model_name,
             noise_frame_correlation=noise_frame_correlation,
             default_guidance_interval=list(default_guidance_interval),
+            prompt_vocabulary=sorted(prompt_vocabulary) if prompt_vocabulary else None,
         )
         self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._interrupt = False
@@ -130,6 +138,16 @@ class TextToVideoPipeline(DiffusionPipeline):
             self._prompt_cache.popitem(last=False)
         states, mask, pooled = (torch.stack(parts).to(device) for parts in zip(*(self._prompt_cache[p] for p in prompts)))
         return states, mask, pooled
+
+    def unfamiliar_words(self, prompt: str) -> list[str]:
+        """The words of `prompt` that no training caption used, in order and each once; none when
+        the folder does not list its vocabulary. A model draws nothing for a word it never read,
+        and the bundled one has read only its world's captions (WORLD.md)."""
+        vocabulary = self.config.get("prompt_vocabulary")
+        if not vocabulary:
+            return []
+        known = set(vocabulary)
+        return list(dict.fromkeys(word for word in prompt_words(prompt) if word not in known))
 
     # --- checks --------------------------------------------------------------------------------
 

@@ -33,3 +33,12 @@ def test_bundled_model_generates_a_video_and_a_seed_repeats_it(bundled):
     assert first.shape == (1, 15, 64, 112, 3)
     assert np.isfinite(first).all() and first.min() >= 0 and first.max() <= 1
     np.testing.assert_array_equal(first, again)
+
+
+def test_bundled_model_knows_every_word_of_the_eval_prompts(bundled):
+    from eval.__main__ import build_prompt_sets
+
+    for prompt_set in build_prompt_sets(quick=False):
+        for prompt in prompt_set.prompts:
+            assert bundled.unfamiliar_words(prompt) == [], prompt
+    assert bundled.unfamiliar_words("a purple cat jumping over a red ball") == ["cat", "jumping"]

@@ -194,6 +194,20 @@ def test_self_conditioning_hands_each_branch_its_own_last_estimate(tiny_pipe):
     assert not np.array_equal(run(tiny_pipe, num_inference_steps=3, guidance_scale=5.0), frames)  # the estimates count
 
 
+# --- vocabulary ------------------------------------------------------------------------------------
+
+
+def test_unfamiliar_words_are_those_no_training_caption_used(tiny_pipe, tmp_path):
+    assert tiny_pipe.unfamiliar_words("a purple cat") == []  # a folder that lists no vocabulary: no opinion
+    tiny_pipe.register_to_config(prompt_vocabulary=["red", "a", "ball", "on", "grass"])
+    assert tiny_pipe.unfamiliar_words("A RED ball, 3 cats, a cat-like ball on grass") == ["cats", "cat", "like"]
+    assert tiny_pipe.unfamiliar_words("一个红球") == ["一个红球"]  # letters of any script are words
+    tiny_pipe.save_pretrained(tmp_path)
+    loaded = TextToVideoPipeline.from_pretrained(tmp_path)
+    assert loaded.config.prompt_vocabulary == ["a", "ball", "grass", "on", "red"]
+    assert loaded.unfamiliar_words("a red dog") == ["dog"]
+
+
 # --- input checks ----------------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ def test_train_resume_and_export(model_dir, tmp_path):
     exported = TextToVideoPipeline.from_pretrained(out_dir)
     assert exported.config.default_num_inference_steps == 7 and exported.config.default_guidance_scale == 3.5
     assert exported.scheduler.config.shift == 3.0
+    assert exported.unfamiliar_words("a red ball bouncing") == [] and exported.unfamiliar_words("a red dog") == ["dog"]  # the world's words
     weights = load_file(out_dir / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(w.dtype == torch.float16 for w in weights.values())
     for name, tensor in second["ema"].items():

@@ -4,6 +4,7 @@ folders, Stop, restoring controls, seed comparison, cleanup. No server, no brows
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -101,6 +102,21 @@ def test_seed_parsing():
         parse_seeds("1 2 3 4 5")
     with pytest.raises(ValueError, match="7 is given twice"):
         parse_seeds("7, 8, 7")
+
+
+def test_words_the_model_never_read_are_warned_about_and_the_run_goes_ahead(studio):
+    studio.pipe.register_to_config(prompt_vocabulary=["a", "red", "ball", "bouncing", "on", "black", "background"])
+    slot = RunSlot()
+    with pytest.warns(UserWarning, match="never read 'cat', 'jumping' in its training captions"):
+        studio.begin(*controls(prompt="a red cat jumping on a black background"), True, slot)
+    assert slot.control is not None
+    fields = [FAST[name] if name != "seed" else "4, 5" for name in CONTROL_FIELDS]
+    fields[CONTROL_FIELDS.index("prompt")] = "a red dog"
+    with pytest.warns(UserWarning, match="never read 'dog'"):
+        studio.begin_compare(*fields, 2, slot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        studio.begin(*controls(), True, slot)  # every word known: nothing to say
 
 
 def test_seed_lock_dice_and_buttons(studio):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import presets
+from pipeline.pipeline_t2v import prompt_words
 from training import world
 from training.world import ObjectSpec, Scene
 
@@ -186,6 +187,20 @@ def test_captions_name_every_object():
         assert canonical == world.describe(scene)
         assert all(f"{obj.colour} {obj.shape}" in canonical for obj in scene.objects)
         assert f"{scene.background} background" in canonical
+
+
+def test_caption_vocabulary_holds_every_word_the_captions_use():
+    vocabulary = world.caption_vocabulary()
+    assert vocabulary == sorted(set(vocabulary)) == world.caption_vocabulary()  # sorted, once each, the same every time
+    tables = [world.SHAPE_WORDS, world.SIZE_WORDS, world.SPEED_WORDS, world.BACKGROUND_WORDS]
+    phrases = [phrase for table in tables for options in table.values() for phrase in options]
+    phrases += [phrase for pairs in world.MOTION_WORDS.values() for pair in pairs for phrase in pair]
+    phrases += [*world.COLOURS, *world.FADE_NAMES.values(), *world.CANONICAL_MOTIONS.values()]
+    words = {word for phrase in phrases for word in phrase.split()}
+    assert words <= set(vocabulary)
+    rng = np.random.default_rng(6)
+    for scene in _scenes(6, 200, held_out=True):  # held-out scenes combine words the captions used
+        assert set(prompt_words(world.caption(scene, rng))) <= set(vocabulary)
 
 
 def test_captions_vary_and_some_are_empty():

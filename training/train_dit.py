@@ -515,6 +515,7 @@ def export_transformer(run_dir: Path, model_dir: Path, args):
     index["default_guidance_interval"] = args.guidance_interval or index.get("default_guidance_interval", [0.0, 1.0])
     # Sampling must start from the kind of noise the transformer was trained on.
     index["noise_frame_correlation"] = checkpoint["args"].get("noise_frame_correlation") or 0.0
+    index["prompt_vocabulary"] = world.caption_vocabulary()  # so the studio can say which words it never read
     temp_index = index_path.with_suffix(".tmp")
     temp_index.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     os.replace(temp_index, index_path)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from pipeline import presets
+from pipeline.pipeline_t2v import prompt_words
 
 # --- the things of the world (WORLD.md) ----------------------------------------------------------
 
@@ -676,6 +677,18 @@ def describe(scene: Scene) -> str:
     if scene.background_to:
         text += f" fading to {scene.background_to}"
     return text
+
+
+def caption_vocabulary(scenes: int = 2000, seed: int = 0) -> list[str]:
+    """Every word the captions use, the training ones and the eval's (describe), sorted: what a model
+    trained on the world has read. Gathered from captions of sampled scenes rather than listed, so a
+    word the captioner gains is counted with it."""
+    rng = np.random.default_rng(seed)
+    words = set()
+    for _ in range(scenes):
+        scene = sample_scene(rng)
+        words.update(prompt_words(caption(scene, rng)), prompt_words(describe(scene)))
+    return sorted(words)
 
 
 # --- convenience ---------------------------------------------------------------------------------

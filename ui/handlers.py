@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline import presets
 from pipeline.export import read_recipe
-from pipeline.generate import GenerationResult, generate_videos, model_name
+from pipeline.generate import GenerationResult, generate_videos, model_name, unfamiliar_words_text
 from pipeline.pipeline_t2v import TextToVideoPipeline
 from pipeline.preview import LatentPreviewer, step_estimate
 from pipeline.recipe import MAX_SEED, Recipe
@@ -307,8 +307,16 @@ class Studio:
             self.build_recipe(prompt, negative_prompt, aspect, duration, quality, seed, steps, guidance, fps)
         except ValueError as error:
             raise gr.Error(str(error), title="Check the settings") from None
+        self.warn_unfamiliar_words(prompt)
         slot.prepare()
         return (seed, progress_html("Waiting for the model…"), *_button_states(running=True))
+
+    def warn_unfamiliar_words(self, prompt: str) -> None:
+        """A warning, not an error: the run goes ahead, but the person learns why a word of theirs
+        may not show up in the video."""
+        unfamiliar = self.pipe.unfamiliar_words(prompt or "")
+        if unfamiliar:
+            gr.Warning(f"Prompt: {unfamiliar_words_text(unfamiliar)}", title="Words this model does not know")
 
     def end(self, slot: RunSlot):
         """The run ended (done or stopped): buttons back to idle."""
@@ -405,6 +413,7 @@ class Studio:
         if not str(seeds or "").strip():
             seeds = self.draw_seeds(count)
         self.compare_recipes(prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps)
+        self.warn_unfamiliar_words(prompt)
         slot.prepare()
         return (seeds, progress_html("Waiting for the model…"), *_button_states(running=True))
 
