@@ -1,7 +1,8 @@
 """The studio in a real browser: headless Debian Chromium driven by playwright, on a tiny model.
 
 Type a prompt, press Generate, watch the live preview change and the progress count steps, get a
-video the browser can play; then Stop a long run and see that the page is ready again.
+video the browser can play; then Stop a long run (its prompt warned about words the model never
+read) and see that the page is ready again.
 Set LING_SCREENSHOTS=DIR to keep the screenshots (default: the test's tmp folder).
 """
 
@@ -125,10 +126,12 @@ def test_generate_shows_a_live_preview_then_a_playable_video(page, tmp_path):
 
 
 def test_stop_ends_a_long_run_and_the_page_is_ready_again(page):
-    page.locator("#prompt textarea").fill("a small white star spinning against a navy background")
+    page.locator("#prompt textarea").fill("a small white star spinning like a pinwheel against a navy background")
     _set_steps(page, 100)
     _set_slider(page, "duration", 10)
     _click_generate_until_running(page)
+    # Words the model never read are named in a warning, and the run goes ahead.
+    page.wait_for_function("() => document.body.innerText.includes(\"never read 'like', 'pinwheel'\")")
     page.wait_for_function("() => /Step \\d+ of 100/.test(document.querySelector('#progress').innerText)")
     assert page.locator("#generate").is_disabled() and page.locator("#stop").is_enabled()
     started = time.perf_counter()

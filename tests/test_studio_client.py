@@ -21,6 +21,7 @@ from pipeline.pipeline_t2v import TextToVideoPipeline
 from pipeline.recipe import Recipe
 from pipeline.transformer import transformer_from_size
 from pipeline.vae import CausalVideoVAE
+from training import world
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(aspect="1:1", duration=1.0, quality="fast", steps=3, fps=8)  # 8 frames of 64x64: well under a second
@@ -43,7 +44,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         for parameter in transformer.parameters():
             if not parameter.any():
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    pipe = TextToVideoPipeline.from_components(CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1), transformer)
+    vae = CausalVideoVAE(block_out_channels=(8, 16, 16), layers_per_block=1)
+    pipe = TextToVideoPipeline.from_components(vae, transformer, prompt_vocabulary=world.caption_vocabulary())  # the world's words, as exported
     folder = tmp_path_factory.mktemp("tiny-model")
     pipe.save_pretrained(folder)
     return folder

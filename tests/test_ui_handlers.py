@@ -106,17 +106,17 @@ def test_seed_parsing():
 
 def test_words_the_model_never_read_are_warned_about_and_the_run_goes_ahead(studio):
     studio.pipe.register_to_config(prompt_vocabulary=["a", "red", "ball", "bouncing", "on", "black", "background"])
-    slot = RunSlot()
     with pytest.warns(UserWarning, match="never read 'cat', 'jumping' in its training captions"):
-        studio.begin(*controls(prompt="a red cat jumping on a black background"), True, slot)
-    assert slot.control is not None
+        *_, last = drain(studio.create(*controls(prompt="a red cat jumping on a black background"), RunSlot(), []))
+    assert "Done" in last[1]
     fields = [FAST[name] if name != "seed" else "4, 5" for name in CONTROL_FIELDS]
     fields[CONTROL_FIELDS.index("prompt")] = "a red dog"
     with pytest.warns(UserWarning, match="never read 'dog'"):
-        studio.begin_compare(*fields, 2, slot)
+        *_, last = drain(studio.compare_stream(*fields, RunSlot(), []))
+    assert "Done" in last[0]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        studio.begin(*controls(), True, slot)  # every word known: nothing to say
+        warnings.simplefilter("error", UserWarning)
+        drain(studio.create(*controls(), RunSlot(), []))  # every word known: nothing to say
 
 
 def test_seed_lock_dice_and_buttons(studio):

@@ -307,13 +307,13 @@ class Studio:
             self.build_recipe(prompt, negative_prompt, aspect, duration, quality, seed, steps, guidance, fps)
         except ValueError as error:
             raise gr.Error(str(error), title="Check the settings") from None
-        self.warn_unfamiliar_words(prompt)
         slot.prepare()
         return (seed, progress_html("Waiting for the model…"), *_button_states(running=True))
 
     def warn_unfamiliar_words(self, prompt: str) -> None:
         """A warning, not an error: the run goes ahead, but the person learns why a word of theirs
-        may not show up in the video."""
+        may not show up in the video. Given from the queued run, not the instant check before it:
+        Gradio shows warnings only from queued events."""
         unfamiliar = self.pipe.unfamiliar_words(prompt or "")
         if unfamiliar:
             gr.Warning(f"Prompt: {unfamiliar_words_text(unfamiliar)}", title="Words this model does not know")
@@ -340,6 +340,7 @@ class Studio:
             recipe = self.build_recipe(prompt, negative_prompt, aspect, duration, quality, seed, steps, guidance, fps)
         except ValueError as error:
             raise gr.Error(str(error), title="Check the settings") from None
+        self.warn_unfamiliar_words(recipe.prompt)
         skip = gr.skip()
         for update in self.run([recipe], slot.take()):
             if update.results is None:
@@ -413,7 +414,6 @@ class Studio:
         if not str(seeds or "").strip():
             seeds = self.draw_seeds(count)
         self.compare_recipes(prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps)
-        self.warn_unfamiliar_words(prompt)
         slot.prepare()
         return (seeds, progress_html("Waiting for the model…"), *_button_states(running=True))
 
@@ -429,6 +429,7 @@ class Studio:
         """Stream a seed comparison. Yields (progress, compared recipes, history, gallery, *previews,
         *videos, *use-seed buttons), MAX_COMPARE_SEEDS of each: one slot per seed, the rest hidden."""
         recipes = self.compare_recipes(prompt, negative_prompt, aspect, duration, quality, seeds, steps, guidance, fps)
+        self.warn_unfamiliar_words(recipes[0].prompt)
         skip, unused = gr.skip(), MAX_COMPARE_SEEDS - len(recipes)
         hidden_videos = [gr.Video(visible=False)] * MAX_COMPARE_SEEDS
         hidden_buttons = [gr.Button(visible=False)] * MAX_COMPARE_SEEDS
