@@ -347,6 +347,7 @@ def test_self_conditioning_grows_a_trained_transformer_and_needs_a_size(model_di
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["config"]["self_conditioning"] is True
     assert checkpoint["model"]["self_condition_embed.weight"].abs().max() > 0
+    assert [group["lr_scale"] for group in checkpoint["optimizer"]["param_groups"]] == [1.0, 10.0]  # the new embedding learns faster
 
     with pytest.raises(ValueError, match="--self-conditioning"):
         train_dit.main(train_args(model_dir, tmp_path / "other", "--self-conditioning", "--max-steps", "1"))

@@ -552,6 +552,8 @@ def main(args: argparse.Namespace):
         raise ValueError("--init-transformer starts a new transformer: give --transformer-size too")
     if args.frame_position_lr_scale <= 0:
         raise ValueError(f"--frame-position-lr-scale must be above 0, got {args.frame_position_lr_scale}")
+    if args.self_conditioning_lr_scale <= 0:
+        raise ValueError(f"--self-conditioning-lr-scale must be above 0, got {args.self_conditioning_lr_scale}")
     if args.self_condition_prob is not None and not 0 <= args.self_condition_prob < 1:
         raise ValueError(f"--self-condition-prob must be at least 0 and below 1, got {args.self_condition_prob}")
     if args.self_conditioning and not args.transformer_size:
@@ -614,12 +616,12 @@ def main(args: argparse.Namespace):
         model.enable_gradient_checkpointing()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    # The frame position starts at zero among trained weights, and at the trained weights' rate it
-    # barely moved (largest weight 0.007 after 660 steps), so it learns at a multiple of --lr.
-    param_groups = [
-        {"params": [p for name, p in trainable if not name.startswith("frame_position.")], "lr_scale": 1.0},
-        {"params": [p for name, p in trainable if name.startswith("frame_position.")], "lr_scale": args.frame_position_lr_scale},
-    ]
+    # The frame position and the self-conditioning embedding start at zero among trained weights, and
+    # at the trained weights' rate they barely moved (largest weight 0.007 after 660 and 686 steps), so
+    # they learn at a multiple of --lr.
+    new_inputs = {"frame_position.": args.frame_position_lr_scale, "self_condition_embed.": args.self_conditioning_lr_scale}
+    param_groups = [{"params": [p for name, p in trainable if not name.startswith(tuple(new_inputs))], "lr_scale": 1.0}]
+    param_groups += [{"params": [p for name, p in trainable if name.startswith(prefix)], "lr_scale": scale} for prefix, scale in new_inputs.items()]
     optimizer = torch.optim.AdamW([group for group in param_groups if group["params"]], lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     step = 0
     if checkpoint is not None:
@@ -754,6 +756,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--self-condition-prob", type=float, default=None,
         help="share of training videos given the model's own clean estimate, for a self-conditioning transformer (default 0.5; the rest get none)",
     )
+    parser.add_argument("--self-conditioning-lr-scale", type=float, default=10.0, help="the self-conditioning embedding's learning rate, as a multiple of --lr")
     parser.add_argument("--frame-position-lr-scale", type=float, default=10.0, help="the frame position's learning rate, as a multiple of --lr")
     parser.add_argument("--train-refiner-only", action="store_true", help="freeze everything but the refiner (a transformer just given one)")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
