@@ -339,6 +339,7 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
     sigma_5d = sigma[:, None, :, None, None]  # (B, 1, T, 1, 1)
     noisy = (1 - sigma_5d) * latents + sigma_5d * noise  # exactly x0 on context frames
     target = noise - latents
+    # Timesteps per latent frame (B, T): diffusers' flow-matching timesteps are sigmas * 1000.
     inputs = dict(timestep=sigma * 1000, encoder_hidden_states=text, pooled_text=pooled, encoder_attention_mask=text_mask, frame_rate=frame_rate)
     self_condition = None
     if args.self_condition_prob:
@@ -353,7 +354,7 @@ def flow_matching_loss(model, latents, text, text_mask, pooled, frame_rate, args
             self_condition[chosen] = noisy[chosen] - sigma_5d[chosen] * first.float()
     prediction = model(
         hidden_states=noisy,
-        **inputs,  # timesteps are sigmas * 1000, per latent frame (B, T), as diffusers' flow matching has them
+        **inputs,
         self_condition=self_condition,
         return_dict=False,
     )[0]
