@@ -35,10 +35,13 @@ def test_bundled_model_generates_a_video_and_a_seed_repeats_it(bundled):
     np.testing.assert_array_equal(first, again)
 
 
-def test_bundled_model_knows_every_word_of_the_eval_prompts(bundled):
+def test_bundled_model_knows_every_word_of_the_eval_prompts_and_the_studios_examples(bundled):
     from eval.__main__ import build_prompt_sets
+    from ui.handlers import EXAMPLE_PROMPTS
 
     for prompt_set in build_prompt_sets(quick=False):
         for prompt in prompt_set.prompts:
             assert bundled.unfamiliar_words(prompt) == [], prompt
+    for prompt in EXAMPLE_PROMPTS:
+        assert bundled.unfamiliar_words(prompt) == [], prompt
     assert bundled.unfamiliar_words("a purple cat jumping over a red ball") == ["cat", "jumping"]

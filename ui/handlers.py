@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 EXAMPLE_PROMPTS = [
     "a red ball bouncing on a black background",
     "a blue square moving right over a sky background",
-    "two balls, a green one and a yellow one, bouncing on a gray background",
+    "a green ball and a yellow ball bouncing on a gray background",
     "a small white star spinning against a navy background",
     "a large orange triangle moving in a circle on a sunset background",
 ]
