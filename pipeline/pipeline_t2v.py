@@ -9,7 +9,6 @@ are clean (timestep 0 in the transformer, as in training) and kept as they are a
 model continues a video, or with one frame animates a still image.
 """
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import presets
+from .recipe import prompt_words
 from .text_encoder import MiniLMTextEncoder, load_tokenizer
 from .transformer import SpatioTemporalTransformer
 from .vae import CausalVideoVAE
@@ -48,11 +48,6 @@ class TextToVideoPipelineOutput(BaseOutput):
     """
 
     frames: np.ndarray | list[list[PIL.Image.Image]] | torch.Tensor
-
-
-def prompt_words(text: str) -> list[str]:
-    """The words of a prompt as a vocabulary counts them: runs of letters, lower-cased."""
-    return re.findall(r"[^\W\d_]+", text.lower())
 
 
 def check_guidance_interval(interval, name: str = "guidance_interval") -> None:
@@ -303,10 +298,10 @@ class TextToVideoPipeline(DiffusionPipeline):
         round differently for different batch sizes, and a seed must give the same video alone or
         in a seed-comparison batch. On a CPU this costs nothing; batching buys little there.
 
-        Returns the guided velocity and the clean latents each branch (unconditional, then text)
-        estimates, which a self-conditioning transformer gets back at the next step as
-        `previous_clean`: each branch its own, as in training, so that the text's estimate does
-        not leak into the unconditional branch and weaken the guidance.
+        Returns the guided velocity and, for a self-conditioning transformer (else None), the clean
+        latents each branch (unconditional, then text) estimates, which it gets back at the next
+        step as `previous_clean`: each branch its own, as in training, so that the text's estimate
+        does not leak into the unconditional branch and weaken the guidance.
         """
         text, text_mask, pooled = (part[index : index + 1] for part in conditioning[:3])
         model_input = latents
@@ -314,7 +309,8 @@ class TextToVideoPipeline(DiffusionPipeline):
             neg_text, neg_mask, neg_pooled = (part[index : index + 1] for part in conditioning[3:])
             model_input = torch.cat([latents, latents])
             text, text_mask, pooled = torch.cat([neg_text, text]), torch.cat([neg_mask, text_mask]), torch.cat([neg_pooled, pooled])
-        if previous_clean is not None and previous_clean.shape[0] != model_input.shape[0]:
+        self_conditioning = self.transformer.config.get("self_conditioning")
+        if self_conditioning and previous_clean is not None and previous_clean.shape[0] != model_input.shape[0]:
             previous_clean = previous_clean[-1:].expand(model_input.shape[0], -1, -1, -1, -1)  # guidance off last step: the text's
         velocity = self.transformer(
             hidden_states=model_input.to(self.transformer.dtype),
@@ -323,10 +319,10 @@ class TextToVideoPipeline(DiffusionPipeline):
             pooled_text=pooled,
             encoder_attention_mask=text_mask,
             frame_rate=frame_rate,
-            self_condition=previous_clean if self.transformer.config.get("self_conditioning") else None,
+            self_condition=previous_clean if self_conditioning else None,
             return_dict=False,
         )[0].float()
-        branch_clean = model_input - timestep[:, None, :, None, None] / 1000 * velocity  # x0 = x_s - s v
+        branch_clean = model_input - timestep[:, None, :, None, None] / 1000 * velocity if self_conditioning else None  # x0 = x_s - s v
         if do_guidance:
             velocity_uncond, velocity_text = velocity.chunk(2)
             velocity = velocity_uncond + guidance_scale * (velocity_text - velocity_uncond)

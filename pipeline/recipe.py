@@ -4,6 +4,7 @@ to the file and back. A video file remembers its recipe; "load recipe" restores 
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,11 @@ MAX_SEED = 2**63 - 1  # torch.Generator takes 64-bit seeds; 63 bits stay positiv
 MIN_STEPS, MAX_STEPS = 1, 100
 MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 20.0  # 1.0 turns classifier-free guidance off
 RECIPE_VERSION = 1
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as a model folder's vocabulary counts them: runs of letters, lower-cased."""
+    return re.findall(r"[^\W\d_]+", text.lower())
 
 
 @dataclass

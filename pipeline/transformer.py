@@ -354,11 +354,12 @@ class SpatioTemporalTransformer(ModelMixin, ConfigMixin):
         condition = condition.repeat_interleave(grid[1] * grid[2], dim=1)  # (B, N, D)
 
         # 2. Patchify and embed.
-        x = rearrange(hidden_states, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)  # (B, N, C*p)
-        x = self.patch_embed(x.to(dtype))  # (B, N, D)
+        def patchify(latents):  # (B, C, T, H, W) -> (B, N, C*p)
+            return rearrange(latents, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw).to(dtype)
+
+        x = self.patch_embed(patchify(hidden_states))  # (B, N, D)
         if self.self_condition_embed is not None and self_condition is not None:
-            estimate = rearrange(self_condition, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
-            x = x + self.self_condition_embed(estimate.to(dtype))
+            x = x + self.self_condition_embed(patchify(self_condition))
         if self.frame_position is not None:
             x = x + self.frame_position(*grid, device=x.device, dtype=dtype)
         rotary = self.rotary(*grid, device=x.device)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import presets
-from pipeline.pipeline_t2v import prompt_words
+from pipeline.recipe import prompt_words
 from training import world
 from training.world import ObjectSpec, Scene
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from pipeline import presets
-from pipeline.pipeline_t2v import prompt_words
+from pipeline.recipe import prompt_words
 
 # --- the things of the world (WORLD.md) ----------------------------------------------------------
 

@@ -314,7 +314,7 @@ class Studio:
         """A warning, not an error: the run goes ahead, but the person learns why a word of theirs
         may not show up in the video. Given from the queued run, not the instant check before it:
         Gradio shows warnings only from queued events."""
-        unfamiliar = self.pipe.unfamiliar_words(prompt or "")
+        unfamiliar = self.pipe.unfamiliar_words(prompt)
         if unfamiliar:
             gr.Warning(f"Prompt: {unfamiliar_words_text(unfamiliar)}", title="Words this model does not know")
 
