@@ -5,12 +5,16 @@ every (steps, guidance, shift) asked for, read by the analyzer, one table row pe
     python -m eval.sweep --full --noise-draws 2 --guidance 5 7 --shift 3 5   # 52 videos a setting
     python -m eval.sweep --full --noise-draws 2 --steps 20 --guidance 7 --shift 3 --guidance-interval 0-1 0-0.8
     python -m eval.sweep --full --sets two_objects --noise-draws 4 --first-draw 3 --steps 20 --guidance 5 --shift 3
+    python -m eval.sweep --full --noise-draws 2 --steps 20 --guidance 5 --shift 3 --solver euler unipc dpm
 
 The score of a setting is the mean, over the prompts' objects, of colour, shape and motion being
 right, with background and object count per video counted alongside: a setting that paints extra
 blobs loses on count. "All colours" is the share of videos with every object in its colour (the
 two-object bar). Travel (frame heights that normal-speed straight movers cover in the clip; the bar
 is 0.4) is shown beside it, not scored: the quick sets hold too few such movers to rank by it.
+
+`--solver` compares diffusers' multistep solvers on the same flow sigmas (UniPC is Wan's sampler)
+against the Euler steps the pipeline takes; the folder and the export keep Euler.
 
 `--sets` picks other prompt sets of the eval, and `--first-draw` lets two processes split the noise
 draws of one comparison: one prompt is 6-10 points of a row, so the rows that decide between two
@@ -26,12 +30,23 @@ import time
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from eval.__main__ import FPS, LAST_NOISE_DRAW, PROMPT_SET_NAMES, build_prompt_sets, generate_frames, noise_seed, normal_speed_travel
 from eval.analyzer import analyze, match
 from pipeline.generate import load_pipeline
 from pipeline.pipeline_t2v import check_guidance_interval
+
+
+def make_scheduler(solver: str, euler_config, shift: float):
+    """The folder's Euler scheduler at another shift, or a second-order multistep solver of the same flow."""
+    if solver == "euler":
+        return FlowMatchEulerDiscreteScheduler.from_config(euler_config, shift=shift)
+    multistep = {"unipc": UniPCMultistepScheduler, "dpm": DPMSolverMultistepScheduler}[solver]
+    return multistep(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift, solver_order=2)
+
+
+SOLVERS = ["euler", "unipc", "dpm"]
 
 
 def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> dict:
@@ -70,18 +85,19 @@ def main(args: argparse.Namespace) -> list[dict]:
     ]
     rows = []
     print(f"{len(prompts)} videos a setting ({', '.join(args.sets)}; noise draws {draws[0]}-{draws[-1]})")
-    print("| steps | guidance | interval | shift | colour | shape | motion | background | count | all colours | score | travel | s/video |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for steps, guidance, interval, shift in itertools.product(args.steps, args.guidance, args.guidance_interval, args.shift):
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift)
-        row = {"steps": steps, "guidance": guidance, "guidance_interval": interval, "shift": shift, **score_setting(pipe, prompts, steps, guidance, interval)}
+    print("| solver | steps | guidance | interval | shift | colour | shape | motion | background | count | all colours | score | travel | s/video |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for solver, steps, guidance, interval, shift in itertools.product(args.solver, args.steps, args.guidance, args.guidance_interval, args.shift):
+        pipe.scheduler = make_scheduler(solver, base, shift)
+        setting = {"solver": solver, "steps": steps, "guidance": guidance, "guidance_interval": interval, "shift": shift}
+        row = {**setting, **score_setting(pipe, prompts, steps, guidance, interval)}
         rows.append(row)
         cells = [f"{100 * row[k]:.0f}%" for k in ("colour", "shape", "motion", "background", "count", "all_colours", "score")]
         travel = "-" if row["travel"] is None else f"{row['travel']:.2f}"
-        print(f"| {steps} | {guidance:g} | {interval[0]:g}-{interval[1]:g} | {shift:g} | " + " | ".join(cells) + f" | {travel} | {row['seconds_per_video']:.1f} |", flush=True)
+        print(f"| {solver} | {steps} | {guidance:g} | {interval[0]:g}-{interval[1]:g} | {shift:g} | " + " | ".join(cells) + f" | {travel} | {row['seconds_per_video']:.1f} |", flush=True)
     best = max(rows, key=lambda row: (row["score"], -row["steps"]))  # ties go to the faster setting
     low, high = best["guidance_interval"]
-    print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --guidance-interval {low:g} {high:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%)")
+    print(f"\nbest: --steps {best['steps']} --guidance {best['guidance']:g} --guidance-interval {low:g} {high:g} --shift {best['shift']:g} (score {100 * best['score']:.0f}%, solver {best['solver']})")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"model": args.model, "sets": args.sets, "noise_draws": list(draws), "rows": rows, "best": best}, handle, indent=2)
@@ -107,6 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--guidance-interval", type=parse_interval, nargs="+", default=[(0.0, 1.0)],
         help="noise levels LOW-HIGH (sigma, 1 = pure noise) at which guidance applies, e.g. 0-1 0-0.8",
+    )
+    parser.add_argument(
+        "--solver", nargs="+", default=["euler"], choices=SOLVERS,
+        help="euler: the pipeline's steps; unipc, dpm: second-order multistep solvers on the same flow sigmas",
     )
     parser.add_argument("--full", action="store_true", help="the eval's full prompt sets (26 prompts for seen and held-out) instead of their quick halves")
     parser.add_argument(

@@ -127,7 +127,21 @@ def test_sweep_scores_the_chosen_sets_and_draws(tiny_pipe, tmp_path, capsys):
     assert sweep.main(sweep.parse_args(args + ["--first-draw", "3"]))[0]["colour"] == rows[0]["colour"]  # seeded by the draw
 
 
-@pytest.mark.parametrize("option", [["--first-draw", "-1"], ["--first-draw", "999", "--noise-draws", "2"], ["--sets", "everything"]])
+def test_sweep_scores_each_solver_on_the_same_prompts(tiny_pipe, tmp_path, capsys):
+    from eval import sweep
+
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    args = ["--model", str(tmp_path / "model"), "--steps", "2", "--guidance", "1", "--shift", "3", "--sets", "two_objects", "--solver", "euler", "unipc", "dpm"]
+    rows = sweep.main(sweep.parse_args(args))
+    assert [row["solver"] for row in rows] == ["euler", "unipc", "dpm"]
+    assert all(0.0 <= row["score"] <= 1.0 for row in rows)
+    assert "| unipc | 2 | 1 |" in capsys.readouterr().out
+    assert sweep.make_scheduler("unipc", None, 3.0).config.flow_shift == 3.0
+
+
+@pytest.mark.parametrize(
+    "option", [["--first-draw", "-1"], ["--first-draw", "999", "--noise-draws", "2"], ["--sets", "everything"], ["--solver", "heun"]]
+)
 def test_sweep_options_out_of_range_name_the_option(option, capsys):
     from eval import sweep
 
