@@ -38,15 +38,15 @@ from pipeline.generate import load_pipeline
 from pipeline.pipeline_t2v import check_guidance_interval
 
 
+MULTISTEP_SOLVERS = {"unipc": UniPCMultistepScheduler, "dpm": DPMSolverMultistepScheduler}
+SOLVERS = ["euler", *MULTISTEP_SOLVERS]
+
+
 def make_scheduler(solver: str, euler_config, shift: float):
     """The folder's Euler scheduler at another shift, or a second-order multistep solver of the same flow."""
     if solver == "euler":
         return FlowMatchEulerDiscreteScheduler.from_config(euler_config, shift=shift)
-    multistep = {"unipc": UniPCMultistepScheduler, "dpm": DPMSolverMultistepScheduler}[solver]
-    return multistep(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift, solver_order=2)
-
-
-SOLVERS = ["euler", "unipc", "dpm"]
+    return MULTISTEP_SOLVERS[solver](use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift, solver_order=2)
 
 
 def score_setting(pipe, prompts: list[tuple], steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> dict:
