@@ -1,5 +1,5 @@
 """Choose the sampling defaults by measurement: the eval's seen and held-out prompts generated at
-every (steps, guidance, shift) asked for, read by the analyzer, one table row per setting.
+every (solver, steps, guidance, shift) asked for, read by the analyzer, one table row per setting.
 
     python -m eval.sweep --model assets/model --steps 12 20 --guidance 3 5 8 --shift 1 3
     python -m eval.sweep --full --noise-draws 2 --guidance 5 7 --shift 3 5   # 52 videos a setting
